@@ -1,0 +1,3 @@
+"""factost-jax: FactoST-v2 spatio-temporal foundation model in JAX/Flax."""
+
+__version__ = "0.1.0"

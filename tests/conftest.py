@@ -1,0 +1,33 @@
+"""Test setup: 8 simulated CPU devices (set before jax is imported) and the real-data directory."""
+
+import os
+import pathlib
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+
+
+def _data_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("FACTOST_DATA_DIR", str(DEFAULT_DATA_DIR)))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> pathlib.Path:
+    """The real-data directory. Under CI its absence is a failure, never a skip."""
+    path = _data_dir()
+    if not path.is_dir():
+        message = f"real data directory {path} not found (set FACTOST_DATA_DIR)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> pathlib.Path:
+    return REPO_ROOT
