@@ -39,7 +39,11 @@ class Normalizer:
 
 def steps_per_day_for(freq: str) -> int:
     """Number of steps in one day for a pandas frequency alias (1 for daily or coarser)."""
-    step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
+    offset = pd.tseries.frequencies.to_offset(freq)
+    try:
+        step = pd.Timedelta(offset)
+    except ValueError:  # calendar offsets (weekly, monthly, ...) are longer than a day
+        return 1
     return max(1, int(round(pd.Timedelta("1D") / step)))
 
 
@@ -150,7 +154,7 @@ class STDataset:
         """`[T]` int32 day of week, Monday = 0."""
         if self.timestamps is None:
             return ((np.arange(self.num_steps) // self.steps_per_day) % 7).astype(np.int32)
-        return np.asarray(pd.DatetimeIndex(self.timestamps).dayofweek, dtype=np.int32)
+        return np.asarray(pd.DatetimeIndex(self.timestamps).day_of_week, dtype=np.int32)
 
     # ----------------------------------------------------------------- splits and normalisation
     def split_bounds(self) -> tuple[int, int]:
