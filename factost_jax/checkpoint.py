@@ -1,0 +1,179 @@
+"""Orbax checkpoint I/O shared by the training loop, evaluation and the Forecaster.
+
+On-disk layout (what `train/loop.py` writes through an Orbax `CheckpointManager`)::
+
+    <workdir>/checkpoints/<step>/
+        params/     parameters, unboxed pytree of float32 arrays (Orbax StandardSave)
+        opt_state/  optimizer state (training only)
+        data_iter/  Grain iterator state, one JSON per process (training only)
+        metadata/metadata   JSON: {"step", "stage", "model_config", "run_config", ...}
+
+A shipped inference checkpoint (`save_inference_checkpoint`) is one such step directory holding
+only `params/` and `metadata/`. This module knows only `model/config.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from factost_jax.model.config import ModelConfig
+
+CHECKPOINTS_DIR = "checkpoints"
+PARAMS_ITEM = "params"
+OPT_STATE_ITEM = "opt_state"
+DATA_ITER_ITEM = "data_iter"
+METADATA_ITEM = "metadata"
+METADATA_FILE = "metadata"  # Orbax's JsonSave file name inside the item directory
+INFERENCE_DTYPES = ("float32", "bfloat16")
+
+
+def _is_step_dir(path: pathlib.Path) -> bool:
+    return (path / PARAMS_ITEM).is_dir() and (path / METADATA_ITEM / METADATA_FILE).is_file()
+
+
+def list_steps(checkpoints_dir: str | pathlib.Path) -> list[int]:
+    """Finished step numbers under a `checkpoints/` directory, ascending (unfinished temp dirs skipped)."""
+    root = pathlib.Path(checkpoints_dir)
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and _is_step_dir(p))
+
+
+def _step_of(step_dir: pathlib.Path) -> int:
+    metadata = json.loads((step_dir / METADATA_ITEM / METADATA_FILE).read_text())
+    if "step" in metadata:
+        return int(metadata["step"])
+    if step_dir.name.isdigit():
+        return int(step_dir.name)
+    raise ValueError(f"checkpoint {step_dir}: metadata has no 'step' and the directory name is not a step number")
+
+
+def find_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
+    """A workdir, its `checkpoints/` directory, or one step directory -> (step_dir, step).
+
+    For a workdir or `checkpoints/` directory the latest finished step is chosen.
+    """
+    path = pathlib.Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint path {path} does not exist")
+    if not path.is_dir():
+        raise ValueError(f"checkpoint path {path} is a file; expected a workdir, a checkpoints/ dir or a step dir")
+    if _is_step_dir(path):
+        return path, _step_of(path)
+    root = path / CHECKPOINTS_DIR if (path / CHECKPOINTS_DIR).is_dir() else path
+    steps = list_steps(root)
+    if not steps:
+        raise FileNotFoundError(
+            f"no finished checkpoint under {path} (expected {CHECKPOINTS_DIR}/<step>/{{{PARAMS_ITEM},{METADATA_ITEM}}})"
+        )
+    return root / str(steps[-1]), steps[-1]
+
+
+def read_metadata(path: str | pathlib.Path) -> dict[str, Any]:
+    """The JSON metadata of the checkpoint `find_checkpoint(path)` selects."""
+    step_dir, _ = find_checkpoint(path)
+    return json.loads((step_dir / METADATA_ITEM / METADATA_FILE).read_text())
+
+
+def model_config_from_metadata(metadata: Mapping[str, Any], where: str = "checkpoint") -> ModelConfig:
+    if "model_config" not in metadata:
+        raise ValueError(f"{where}: metadata has no 'model_config'")
+    return ModelConfig.from_dict(metadata["model_config"])
+
+
+def key_path_str(path: Any) -> str:
+    """A pytree key path as "stack/attn/q/kernel" (dict keys, attribute names or indices)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def saved_param_shapes(path: str | pathlib.Path) -> dict[str, tuple[int, ...]]:
+    """{"stack/attn/q/kernel": shape, ...} of a checkpoint's params, read from metadata (no array I/O)."""
+    import orbax.checkpoint as ocp
+
+    step_dir, _ = find_checkpoint(path)
+    tree = ocp.PyTreeCheckpointer().metadata(step_dir / PARAMS_ITEM).item_metadata.tree
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {key_path_str(p): tuple(leaf.shape) for p, leaf in flat}
+
+
+def _restore_params_to_host(params_dir: pathlib.Path) -> Any:
+    import orbax.checkpoint as ocp
+
+    checkpointer = ocp.PyTreeCheckpointer()
+    tree = checkpointer.metadata(params_dir).item_metadata.tree
+    # numpy restore ignores the saved device layout, so any machine can read any run's params.
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(params_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
+def _to_float32(tree: Any) -> Any:
+    def one(x: Any) -> Any:
+        x = np.asarray(x)
+        return x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) or x.dtype.name == "bfloat16" else x
+
+    return jax.tree.map(one, tree)
+
+
+def load_inference_params(path: str | pathlib.Path) -> tuple[ModelConfig, Any]:
+    """(ModelConfig, params) from a checkpoint: params only, host numpy float32 (bf16 files are upcast)."""
+    step_dir, _ = find_checkpoint(path)
+    metadata = json.loads((step_dir / METADATA_ITEM / METADATA_FILE).read_text())
+    config = model_config_from_metadata(metadata, where=str(step_dir))
+    params = _to_float32(_restore_params_to_host(step_dir / PARAMS_ITEM))
+    return config, params
+
+
+def _fetch_to_host(tree: Any) -> Any:
+    from jax.experimental import multihost_utils
+
+    def one(x: Any) -> np.ndarray:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)
+
+
+def save_inference_checkpoint(
+    path: str | pathlib.Path,
+    model_config: ModelConfig,
+    params: Any,
+    extra_metadata: Mapping[str, Any] | None = None,
+    dtype: str = "float32",
+) -> pathlib.Path:
+    """Write a params-only step directory at `path` (must not exist); `dtype="bfloat16"` halves its size.
+
+    `extra_metadata` is merged into the JSON metadata (e.g. {"step": 100000, "stage": "pretrain",
+    "corpus": [...]}); "model_config" and "params_dtype" are always set here.
+    """
+    import orbax.checkpoint as ocp
+
+    if dtype not in INFERENCE_DTYPES:
+        raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
+    path = pathlib.Path(path).expanduser().absolute()
+    if path.exists():
+        raise ValueError(f"checkpoint path {path} already exists; choose a new directory")
+    host_params = _fetch_to_host(params)
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        host_params = jax.tree.map(
+            lambda x: x.astype(ml_dtypes.bfloat16) if np.issubdtype(x.dtype, np.floating) else x, host_params
+        )
+    metadata = {"step": 0, "stage": "inference", **dict(extra_metadata or {})}
+    metadata.update({"model_config": model_config.to_dict(), "params_dtype": dtype})
+    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    checkpointer.save(
+        path,
+        args=ocp.args.Composite(
+            **{PARAMS_ITEM: ocp.args.StandardSave(host_params), METADATA_ITEM: ocp.args.JsonSave(metadata)}
+        ),
+    )
+    checkpointer.close()
+    return path
