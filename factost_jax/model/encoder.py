@@ -152,28 +152,46 @@ class EncoderStack(nn.Module):
     """`num_layers` EncoderLayers under nn.scan (params stacked on a leading "layers" axis).
 
     No final norm. `__call__(h [B, S, d], valid [B, S] bool, positions [S] or [B, S] int,
-    deterministic) -> [B, S, d]`.
+    deterministic, num_prefix=0, prefix_gates=None) -> [B, S, d]`.
+    Stage 2 passes `num_prefix` > 0 (its prompts are the first tokens) with `prefix_gates`
+    [num_layers, num_heads] (the adapter's own weights, scanned per layer): see GatedAttention.
+    The stack's parameters are the same with or without a prefix.
     """
 
     config: ModelConfig
 
     @nn.compact
     def __call__(
-        self, h: jax.Array, valid: jax.Array, positions: jax.Array, deterministic: bool = True
+        self,
+        h: jax.Array,
+        valid: jax.Array,
+        positions: jax.Array,
+        deterministic: bool = True,
+        num_prefix: int = 0,
+        prefix_gates: jax.Array | None = None,
     ) -> jax.Array:
         cfg = self.config
+        gate_args: tuple[jax.Array, ...] = ()
+        if num_prefix:
+            if prefix_gates is None or tuple(prefix_gates.shape) != (cfg.num_layers, cfg.num_heads):
+                shape = None if prefix_gates is None else tuple(prefix_gates.shape)
+                raise ValueError(
+                    f"EncoderStack: num_prefix={num_prefix} needs prefix_gates of shape "
+                    f"({cfg.num_layers}, {cfg.num_heads}), got {shape}"
+                )
+            gate_args = (jnp.asarray(prefix_gates, jnp.float32),)
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_unrotated_fraction)
         layer_cls = nn.remat(EncoderLayer, prevent_cse=False) if cfg.remat else EncoderLayer
         scanned = nn.scan(
             layer_cls,
             variable_axes={"params": 0},
             split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast) + (0,) * len(gate_args),
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        h, _ = scanned(cfg, deterministic, name="layers")(
-            h.astype(compute_dtype_of(cfg)), jnp.asarray(valid, bool), cos, sin
+        h, _ = scanned(cfg, deterministic, int(num_prefix), name="layers")(
+            h.astype(compute_dtype_of(cfg)), jnp.asarray(valid, bool), cos, sin, *gate_args
         )
         return h
 

@@ -179,14 +179,23 @@ class GatedAttention(nn.Module):
     d -> H*hd; o_proj: H*hd -> d; no biases. The attention mask is valid_row AND valid_col, so
     padded queries attend to nothing and output exactly 0.
 
-    Shapes: x [B, S, d], valid [B, S] bool, cos/sin [S, hd] or [B, S, hd] -> [B, S, d].
+    Prefix tokens (stage-2 prompts, `num_prefix` > 0): the first `num_prefix` keys get their own
+    softmax, whose probabilities are scaled per head by `prefix_gate` [H] and added to the regular
+    softmax over the remaining keys (LLaMA-Adapter's zero-init attention). A gate of 0 therefore
+    leaves every query's attention over the regular keys exactly as without the prefix.
+
+    Shapes: x [B, S, d], valid [B, S] bool, cos/sin [S, hd] or [B, S, hd], prefix_gate [H] or None
+    -> [B, S, d].
     """
 
     config: ModelConfig
     deterministic: bool = True
+    num_prefix: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array, valid: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, valid: jax.Array, cos: jax.Array, sin: jax.Array, prefix_gate: jax.Array | None = None
+    ) -> jax.Array:
         cfg = self.config
         dtype = compute_dtype_of(cfg)
         heads, head_dim = cfg.num_heads, cfg.head_dim
@@ -210,7 +219,13 @@ class GatedAttention(nn.Module):
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
         logits = logits / np.sqrt(head_dim).astype(np.float32)
         pair_mask = valid[:, None, :, None] & valid[:, None, None, :]  # [B, 1, S, S]
-        probs = masked_softmax(logits, pair_mask)
+        if self.num_prefix:
+            is_prefix_key = jnp.arange(logits.shape[-1]) < self.num_prefix
+            prefix_probs = masked_softmax(logits, pair_mask & is_prefix_key)
+            probs = masked_softmax(logits, pair_mask & ~is_prefix_key)
+            probs = probs + prefix_gate.astype(jnp.float32)[None, :, None, None] * prefix_probs
+        else:
+            probs = masked_softmax(logits, pair_mask)
         probs = nn.Dropout(cfg.dropout)(probs, deterministic=self.deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v)
         if cfg.gated_attention:
@@ -222,21 +237,25 @@ class GatedAttention(nn.Module):
 class EncoderLayer(nn.Module):
     """Pre-norm block: h + Drop(Attn(RMSNorm h)), then h + Drop(MLP(RMSNorm h)); no final norm.
 
-    Written as a scan body: `(h [B, S, d], valid, cos, sin) -> (h, None)`.
+    Written as a scan body: `(h [B, S, d], valid, cos, sin[, prefix_gate [H]]) -> (h, None)`;
+    `num_prefix` / `prefix_gate` are passed to GatedAttention (stage-2 prompts).
     """
 
     config: ModelConfig
     deterministic: bool = True
+    num_prefix: int = 0
 
     @nn.compact
     def __call__(
-        self, h: jax.Array, valid: jax.Array, cos: jax.Array, sin: jax.Array
+        self, h: jax.Array, valid: jax.Array, cos: jax.Array, sin: jax.Array, prefix_gate: jax.Array | None = None
     ) -> tuple[jax.Array, None]:
         cfg = self.config
         dtype = compute_dtype_of(cfg)
         h = nn.with_logical_constraint(h, ACTIVATION_AXES)
         attn_in = RMSNorm(cfg.norm_eps, "embed", dtype, name="attn_norm")(h)
-        attn_out = GatedAttention(cfg, self.deterministic, name="attn")(attn_in, valid, cos, sin)
+        attn_out = GatedAttention(cfg, self.deterministic, self.num_prefix, name="attn")(
+            attn_in, valid, cos, sin, prefix_gate
+        )
         h = h + nn.Dropout(cfg.dropout)(attn_out, deterministic=self.deterministic)
         mlp_in = RMSNorm(cfg.norm_eps, "embed", dtype, name="mlp_norm")(h)
         mlp_out = GatedMLP(cfg.ffn_dim, cfg.d_model, dtype=dtype, name="mlp")(mlp_in)
