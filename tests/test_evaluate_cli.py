@@ -45,7 +45,7 @@ def test_cli_writes_table_and_json(repo_root, data_dir, tmp_path):
     (["--dataset", "LOS-LOOP", "--model", "last_value", "--horizon", "5000"],
      "no test window fits input_len=12 + horizon=5000"),
     (["--dataset", "LOS-LOOP", "--model", "seasonal_naive_week"], "seasonal_naive_week needs 2016 steps of history"),
-    (["--dataset", "HZMETRO", "--checkpoint", "/tmp/ckpt"], "checkpoint evaluation (/tmp/ckpt) needs the stage-1 model"),
+    (["--dataset", "HZMETRO", "--checkpoint", "/nonexistent/ckpt"], "checkpoint path /nonexistent/ckpt does not exist"),
     (["--dataset", "HZMETRO", "--checkpoint", "/tmp/ckpt", "--model", "last_value"], "Exactly one of (model, checkpoint)"),
     (["--dataset", "HZMETRO"], "Exactly one of (model, checkpoint)"),
 ])

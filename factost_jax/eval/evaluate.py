@@ -5,7 +5,14 @@
 train-only `dataset.normalizer()`), and accumulates `HorizonMetrics`. Which targets count is decided
 in original units with `dataset.null_val`, so a z-scored zero is never mistaken for a missing value.
 
-`run_evaluation` is what `launch/evaluate.py` calls: load a dataset by name, build a baseline, evaluate.
+`run_evaluation` is what `launch/evaluate.py` calls: load a dataset by name, build a baseline or load a
+checkpoint, evaluate. A stage-1 checkpoint is evaluated zero-shot and channel-independently: every
+node's context window is one univariate series (`[B, L, N] -> [B*N, L]`) for the `Forecaster`, whose
+median is the point forecast and whose trained quantiles give QL and coverage. A stage-2 checkpoint
+forecasts whole windows `[B, L, N]` with its adapter and the windows' calendar.
+
+Zero-shot honesty: a checkpoint whose metadata shows that its pretraining corpus held the evaluated
+dataset (or a recording of the same sensors, `SAME_SOURCE`) is refused unless `allow_overlap`.
 """
 
 from __future__ import annotations
@@ -21,10 +28,17 @@ from factost_jax.data.types import STDataset
 from factost_jax.data.windows import WindowBatch, gather_calendar, split_target_starts, window_indices
 from factost_jax.eval import baselines
 
-__all__ = ["WindowBatch", "evaluate", "format_table", "json_safe", "metric_scale_series", "run_evaluation"]
+__all__ = ["WindowBatch", "checkpoint_predictor", "evaluate", "format_comparison", "format_table", "json_safe",
+           "metric_scale_series", "plot_evaluation_windows", "prepare_evaluation", "pretraining_corpus",
+           "pretraining_overlap", "run_evaluation", "sample_window_forecasts"]
 
 ForecastOutput = np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]
 REPORT_STEPS = (3, 6, 12)
+# Datasets recorded by the same sensors: pretraining on one leaks into zero-shot results on the other.
+SAME_SOURCE: tuple[tuple[str, ...], ...] = (
+    ("ETTh1", "ETTm1"), ("ETTh2", "ETTm2"), ("LOS-LOOP", "METR-LA"), ("HZMETRO", "HZMETRO:out"))
+CHECKPOINT_ROWS_PER_CALL = 1024  # series per model call when evaluating a checkpoint
+COMPARISON_COLUMNS = ("MAE", "RMSE", "MAPE", "QL", "coverage_80")
 
 
 def metric_scale_series(dataset: STDataset, channel: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -63,6 +77,17 @@ def _unpack_forecast(output: Any, expected_shape: tuple[int, int, int]
     return point, quantiles, levels
 
 
+def _forecast_windows(dataset: STDataset, series: np.ndarray, batch_starts: np.ndarray, input_len: int, horizon: int,
+                      predict_fn: Callable[[WindowBatch], ForecastOutput], time_of_day: np.ndarray,
+                      day_of_week: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(future step index [B, H], point [B, H, N], quantiles [B, H, N, Q] or None, levels or None) of windows."""
+    context_index, future_index = window_indices(batch_starts, input_len, horizon)
+    batch = WindowBatch(context=series[context_index], target_start=batch_starts, values_full=series,
+                        **gather_calendar(dataset, batch_starts, input_len, horizon, time_of_day, day_of_week))
+    expected_shape = (batch_starts.size, horizon, dataset.num_nodes)
+    return (future_index, *_unpack_forecast(predict_fn(batch), expected_shape))
+
+
 def evaluate(dataset: STDataset, predict_fn: Callable[[WindowBatch], ForecastOutput], input_len: int,
              horizon: int, split: str = "test", batch_size: int = 256, channel: int = 0,
              progress: bool = True, steps: Sequence[int] = REPORT_STEPS) -> dict[str, Any]:
@@ -90,12 +115,8 @@ def evaluate(dataset: STDataset, predict_fn: Callable[[WindowBatch], ForecastOut
     null_val = dataset.null_val if dataset.rescale else float("nan")
 
     def forecast(offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-        batch_starts = starts[offset:offset + batch_size]
-        context_index, future_index = window_indices(batch_starts, input_len, horizon)
-        batch = WindowBatch(context=series[context_index], target_start=batch_starts, values_full=series,
-                            **gather_calendar(dataset, batch_starts, input_len, horizon, time_of_day, day_of_week))
-        expected_shape = (batch_starts.size, horizon, dataset.num_nodes)
-        return (future_index, *_unpack_forecast(predict_fn(batch), expected_shape))
+        return _forecast_windows(dataset, series, starts[offset:offset + batch_size], input_len, horizon,
+                                 predict_fn, time_of_day, day_of_week)
 
     # The first batch runs before the progress bar exists, so a forecaster that rejects the windows
     # (e.g. too little history; starts are sorted, so the first batch has the earliest) fails cleanly.
@@ -124,26 +145,233 @@ def evaluate(dataset: STDataset, predict_fn: Callable[[WindowBatch], ForecastOut
     }
 
 
+def _canonical_or_none(name: str) -> str | None:
+    from factost_jax.data.formats import canonical_name
+
+    try:
+        return canonical_name(name)
+    except ValueError:
+        return None
+
+
+def _same_source(name: str) -> set[str]:
+    group = {name}
+    for twins in SAME_SOURCE:
+        if name in twins:
+            group.update(twins)
+    return group
+
+
+def pretraining_corpus(metadata: dict[str, Any]) -> set[str] | None:
+    """Canonical names of the real datasets a checkpoint was pretrained on, or None when unrecorded.
+
+    Read from metadata["corpus"] (a list of dataset names, e.g. of a shipped checkpoint) or else from
+    the run config the training loop stores (metadata["run_config"]["data"]: "corpora" and
+    "exclude"). The "real" component counts as every known dataset outside the exclusion list: the
+    datasets present on the training machine are not recorded, so this errs on the side of refusing.
+    """
+    from factost_jax.data.formats import DATASET_INFO
+
+    if isinstance(metadata.get("corpus"), list | tuple):
+        names = (entry[0] if isinstance(entry, list | tuple) and entry else entry for entry in metadata["corpus"])
+        return {canonical for name in names if isinstance(name, str) and (canonical := _canonical_or_none(name))}
+    data = (metadata.get("run_config") or {}).get("data") if isinstance(metadata.get("run_config"), dict) else None
+    if not isinstance(data, dict) or "corpora" not in data:
+        return None
+    components = [entry[0] if isinstance(entry, list | tuple) else entry for entry in data["corpora"]]
+    named = {canonical for name in components
+             if isinstance(name, str) and name.lower() not in ("kernelsynth", "real")
+             and (canonical := _canonical_or_none(name))}
+    corpus = set(named)
+    if any(isinstance(name, str) and name.lower() == "real" for name in components):
+        excluded = {canonical for name in data.get("exclude") or () if (canonical := _canonical_or_none(str(name)))}
+        for name in DATASET_INFO:
+            if name == "SYNTHETIC" or name in named:
+                continue
+            if name not in excluded and name.split(":", 1)[0] not in excluded:
+                corpus.add(name)
+    return corpus
+
+
+def pretraining_overlap(metadata: dict[str, Any], dataset_name: str) -> list[str]:
+    """Datasets of the checkpoint's pretraining corpus recorded by the same sensors as `dataset_name`.
+
+    Empty when there is no overlap or when the metadata does not record the corpus.
+    """
+    from factost_jax.data.formats import canonical_name
+
+    corpus = pretraining_corpus(metadata)
+    if not corpus:
+        return []
+    return sorted(corpus & _same_source(canonical_name(dataset_name)))
+
+
+def checkpoint_predictor(forecaster: Any, dataset: STDataset,
+                         rows_per_call: int = CHECKPOINT_ROWS_PER_CALL) -> Callable[[WindowBatch], ForecastOutput]:
+    """`WindowBatch -> (median [B, H, N], quantiles [B, H, N, Q], levels [Q])` of a `Forecaster`.
+
+    Stage 1: channel independent, one series per (window, node). A node whose whole input window is
+    unobserved is given the last `max_context_length` steps before the window instead (as the
+    baselines fall back to earlier observations); with nothing observed there either it is forecast
+    from no information.
+    Stage 2: whole windows through the adapter with the windows' calendar.
+    """
+    levels = forecaster.quantile_levels
+    median_index = int(np.argmin(np.abs(levels - 0.5)))
+    max_context = forecaster.config.max_context_length
+
+    def predict_stage2(batch: WindowBatch) -> ForecastOutput:
+        quantiles = forecaster.network_quantiles(
+            batch.context, {"time_of_day": batch.context_time_of_day, "day_of_week": batch.context_day_of_week},
+            {"time_of_day": batch.future_time_of_day, "day_of_week": batch.future_day_of_week},
+            batch.horizon, dataset.steps_per_day)
+        return quantiles[..., median_index], quantiles, levels
+
+    def predict_stage1(batch: WindowBatch) -> ForecastOutput:
+        windows, length, nodes = batch.context.shape
+        series = np.swapaxes(batch.context, 1, 2).reshape(windows * nodes, length)
+        empty = np.flatnonzero(~np.isfinite(series).any(axis=1))
+        inputs: Any = series
+        if empty.size:
+            inputs = list(series)
+            for row in empty:
+                window, node = divmod(int(row), nodes)
+                start = int(batch.target_start[window])
+                inputs[row] = batch.values_full[max(0, start - max_context):start, node]  # start >= L >= 1
+        out = forecaster.forecast(inputs, batch.horizon, quantiles=levels, batch_size=rows_per_call,
+                                  progress=False, allow_unobserved=True)
+        median = out.median.reshape(windows, nodes, -1).transpose(0, 2, 1)
+        quantiles = out.quantiles.reshape(windows, nodes, batch.horizon, -1).transpose(0, 2, 1, 3)
+        return median, quantiles, out.quantile_levels
+
+    return predict_stage1 if forecaster.stage == 1 else predict_stage2
+
+
+def prepare_evaluation(dataset_name: str, model_name: str | None, data_dir: str | None = None,
+                       checkpoint: str | None = None, allow_overlap: bool = False
+                       ) -> tuple[STDataset, str, Callable[[WindowBatch], ForecastOutput]]:
+    """(dataset, model label, predict_fn) for a baseline name or a checkpoint path (exactly one).
+
+    The label is the baseline name or "factost:<checkpoint step dir>". Raises ValueError for an
+    unknown model or dataset and for a checkpoint pretrained on the evaluated data (unless
+    `allow_overlap`), FileNotFoundError for missing files.
+    """
+    if (model_name is None) == (checkpoint is None):
+        raise ValueError("give exactly one of a baseline model name and a checkpoint")
+    from factost_jax.data.formats import canonical_name, load_dataset  # only the CLI path needs the readers
+
+    if checkpoint is None:
+        if model_name not in baselines.BASELINES:
+            raise ValueError(f"unknown model {model_name!r}: expected one of {sorted(baselines.BASELINES)}")
+        dataset = load_dataset(dataset_name, data_dir)
+        return dataset, model_name, baselines.make_baseline(model_name, dataset)
+    from factost_jax.forecast import Forecaster
+
+    forecaster = Forecaster.load(checkpoint)
+    overlap = pretraining_overlap(forecaster.metadata, dataset_name)
+    if overlap and not allow_overlap:
+        target = canonical_name(dataset_name)
+        found = ", ".join(name if name == target else f"{name} (the same sensors as {target})" for name in overlap)
+        raise ValueError(f"checkpoint {forecaster.path}: its pretraining corpus contains {found}, so a zero-shot "
+                         f"result on {target} would be leaked; evaluate another dataset or pass --allow_overlap")
+    dataset = load_dataset(dataset_name, data_dir)
+    return dataset, f"factost:{forecaster.path}", checkpoint_predictor(forecaster, dataset)
+
+
 def run_evaluation(dataset_name: str, model_name: str | None, input_len: int, horizon: int, split: str = "test",
                    data_dir: str | None = None, batch_size: int = 256, channel: int = 0,
-                   checkpoint: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Loads `dataset_name`, builds baseline `model_name` and evaluates it.
+                   checkpoint: str | None = None, progress: bool = True, allow_overlap: bool = False
+                   ) -> dict[str, Any]:
+    """Loads `dataset_name`, builds baseline `model_name` or loads `checkpoint`, and evaluates it.
 
-    Returns `evaluate`'s dict with "model" added after "dataset". Raises ValueError /
-    FileNotFoundError for user errors (unknown dataset or model, impossible lengths, missing files).
+    Returns `evaluate`'s dict with "model" added after "dataset" (the baseline name, or
+    "factost:<step dir>" for a checkpoint). Raises ValueError / FileNotFoundError for user errors
+    (unknown dataset or model, impossible lengths, missing files, a leaked zero-shot evaluation).
     """
-    if checkpoint is not None:
-        raise ValueError(f"checkpoint evaluation ({checkpoint}) needs the stage-1 model, which is not wired "
-                         f"into evaluation yet; use --model with one of {sorted(baselines.BASELINES)}")
-    if model_name not in baselines.BASELINES:
-        raise ValueError(f"unknown model {model_name!r}: expected one of {sorted(baselines.BASELINES)}")
-    from factost_jax.data.formats import load_dataset  # imported here: only the CLI path needs the readers
-
-    dataset = load_dataset(dataset_name, data_dir)
-    predict_fn = baselines.make_baseline(model_name, dataset)
+    dataset, label, predict_fn = prepare_evaluation(dataset_name, model_name, data_dir, checkpoint, allow_overlap)
     result = evaluate(dataset, predict_fn, input_len, horizon, split=split, batch_size=batch_size,
                       channel=channel, progress=progress)
-    return {"dataset": result.pop("dataset"), "model": model_name, **result}
+    return {"dataset": result.pop("dataset"), "model": label, **result}
+
+
+def sample_window_forecasts(dataset: STDataset, predict_fn: Callable[[WindowBatch], ForecastOutput], input_len: int,
+                            horizon: int, split: str = "test", channel: int = 0, num_windows: int = 2
+                            ) -> list[dict[str, Any]]:
+    """Forecasts of `num_windows` evenly spaced windows of `split`, for plots.
+
+    Returns one dict per window: "start" (target start step), "context" [L, N], "truth" [H, N] (NaN
+    where unobserved), "median" [H, N], "quantiles" [H, N, Q] or None, "levels" [Q] or None.
+    """
+    if isinstance(num_windows, bool) or int(num_windows) != num_windows or num_windows < 1:
+        raise ValueError(f"num_windows must be a positive integer, got {num_windows!r}")
+    starts = split_target_starts(dataset, split, input_len, horizon)
+    chosen = np.unique(starts[np.linspace(0, starts.size - 1, int(num_windows)).round().astype(np.int64)])
+    series, observed = metric_scale_series(dataset, channel)
+    future_index, point, quantiles, levels = _forecast_windows(
+        dataset, series, chosen, input_len, horizon, predict_fn, dataset.time_of_day, dataset.day_of_week)
+    context_index, _ = window_indices(chosen, input_len, horizon)
+    truth = np.where(observed[future_index], series[future_index], np.nan)
+    return [{"start": int(start), "context": series[context_index[i]], "truth": truth[i], "median": point[i],
+             "quantiles": None if quantiles is None else quantiles[i], "levels": levels}
+            for i, start in enumerate(chosen)]
+
+
+PLOT_LEVELS = (0.1, 0.3, 0.7, 0.9)
+
+
+def _plot_levels(quantiles: np.ndarray | None, levels: np.ndarray | None
+                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The PLOT_LEVELS among `levels` ([..., Q] -> [..., Q']), or everything when fewer than two are present."""
+    if quantiles is None or levels is None:
+        return quantiles, levels
+    keep = [i for i, level in enumerate(levels) if np.any(np.isclose(level, PLOT_LEVELS))]
+    if len(keep) < 2:
+        return quantiles, levels
+    return quantiles[..., keep], np.asarray(levels)[keep]
+
+
+def plot_evaluation_windows(dataset_name: str, model_name: str | None, input_len: int, horizon: int, out_dir: str,
+                            split: str = "test", data_dir: str | None = None, channel: int = 0,
+                            checkpoint: str | None = None, allow_overlap: bool = False, num_windows: int = 2,
+                            max_nodes: int = 6) -> list[Any]:
+    """Writes one PNG per sampled window (up to `max_nodes` sensors each, quantile bands when the
+    model gives them) into `out_dir`; returns the paths."""
+    import pathlib
+
+    from factost_jax import plots
+
+    dataset, label, predict_fn = prepare_evaluation(dataset_name, model_name, data_dir, checkpoint, allow_overlap)
+    windows = sample_window_forecasts(dataset, predict_fn, input_len, horizon, split, channel, num_windows)
+    nodes = list(range(min(dataset.num_nodes, max_nodes)))
+    for window in windows:  # two bands (10-90 %, 30-70 %) read better than the eleven trained levels
+        window["quantiles"], window["levels"] = _plot_levels(window["quantiles"], window["levels"])
+    names = [str(n) for n in dataset.node_ids] if dataset.node_ids and len(dataset.node_ids) == dataset.num_nodes \
+        else None
+    model_tag = "factost" if checkpoint is not None else str(model_name)
+    paths = []
+    for window in windows:
+        figure = plots.plot_network(window["context"], window["median"], window["quantiles"], window["levels"],
+                                    truth=window["truth"], nodes=nodes, node_names=names,
+                                    title=f"{dataset.name} | {label} | {split} window at step {window['start']}")
+        path = pathlib.Path(out_dir) / f"{dataset.name.replace(':', '_')}_{model_tag}_{split}_{window['start']}.png"
+        paths.append(plots.save_figure(figure, path))
+    return paths
+
+
+def format_comparison(results: Sequence[dict[str, Any]]) -> str:
+    """One table with a row per model: the "avg" metrics of each result (nan where a model has none)."""
+    if not results:
+        raise ValueError("format_comparison needs at least one result")
+    first = results[0]
+    title = " | ".join(str(part) for part in (first.get("dataset"), first.get("split"),
+                                               f"{first.get('input_len')}->{first.get('horizon')}", "avg") if part)
+    width = max(len("model"), *(len(str(r.get("model"))) for r in results)) + 2
+    lines = [title, f"{'model':<{width}}" + "".join(f"{name:>12}" for name in COMPARISON_COLUMNS)]
+    for result in results:
+        row = result["metrics"]["avg"]
+        cells = "".join(f"{_format_number(row.get(name, float('nan'))):>12}" for name in COMPARISON_COLUMNS)
+        lines.append(f"{str(result.get('model')):<{width}}{cells}")
+    return "\n".join(lines)
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -1,0 +1,684 @@
+"""Forecaster: quantile forecasts from a FactoST checkpoint for numpy and pandas users.
+
+    from factost_jax import Forecaster
+    fc = Forecaster.load("factost-tiny")            # or a workdir / checkpoints dir / step dir
+    out = fc.forecast([series_a, series_b], horizon=48, quantiles=(0.1, 0.5, 0.9))
+    out.median        # [B, H]
+    out.quantiles     # [B, H, Q], non-decreasing along Q
+    frame = fc.forecast_df(df, horizon=24)           # long pandas in, long pandas out
+
+Stage 1 (the universal temporal encoder) forecasts every series on its own (channel independence),
+for any horizon: past the model's one-pass maximum the quantile-path rollout of
+`model/rollout.py` takes over. A stage-2 (adapted) checkpoint forecasts a whole sensor network
+with `forecast_network(values [T, N], timestamps, horizon)`.
+
+Numerics. Each series is standardised here, in float64, with the mean and standard deviation of the
+context the model will see; the forecast is mapped back in float64. The encoder's own instance
+norm makes it invariant to that affine map (exactly, up to rounding), so this changes nothing but
+precision: a series at 1e9 with unit noise, or one at 1e-9, keeps its detail in float32.
+
+Compilation. Contexts are left-padded with NaN to a few bucket lengths and rows to power-of-two
+batch buckets (see `model/rollout.py`), so a session compiles a bounded number of programs;
+`compile()` builds them up front.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+# XLA flags that docs/performance.md finds faster for CPU inference, appended to XLA_FLAGS by
+# `_configure_runtime()`. Empty today: no flag measured so far helps inference.
+INFERENCE_XLA_FLAGS: tuple[str, ...] = ()
+
+
+def _configure_runtime() -> None:
+    """Appends `INFERENCE_XLA_FLAGS` to `$XLA_FLAGS` (each only if absent); a no-op while it is empty.
+
+    XLA reads the variable when JAX starts its backend, so this runs at import of this module,
+    before any program is compiled; flags added after the backend started have no effect.
+    """
+    if not INFERENCE_XLA_FLAGS:
+        return
+    present = os.environ.get("XLA_FLAGS", "").split()
+    missing = [flag for flag in INFERENCE_XLA_FLAGS if flag.split("=")[0] not in {p.split("=")[0] for p in present}]
+    if missing:
+        os.environ["XLA_FLAGS"] = " ".join(present + missing)
+
+
+_configure_runtime()
+
+import jax  # noqa: E402  (after _configure_runtime, which must see the environment first)
+import pandas as pd  # noqa: E402
+import tqdm  # noqa: E402
+
+from factost_jax import checkpoint as ckpt_io  # noqa: E402
+from factost_jax.model import rollout  # noqa: E402
+from factost_jax.model.config import ModelConfig  # noqa: E402
+from factost_jax.model.encoder import Params, jitted_apply, unbox  # noqa: E402
+
+__all__ = ["DEFAULT_QUANTILES", "Forecaster", "QuantileForecast", "resolve_checkpoint_path", "level_column"]
+
+DEFAULT_QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
+DEFAULT_BATCH_SIZE = 256
+SHIPPED_CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_KEY = "adapter"
+_LEVEL_TOLERANCE = 1e-9
+_MAX_NAMED = 5  # how many offending indices / ids an error message lists
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class QuantileForecast:
+    """Forecasts of a batch of series (numpy float32).
+
+    Attributes:
+      median: [B, H] the 0.5 quantile, the point forecast ([H, N] from `forecast_network`).
+      quantiles: [B, H, Q] at `quantile_levels`, non-decreasing along Q ([H, N, Q] for a network).
+      quantile_levels: [Q] float64, strictly increasing.
+    """
+
+    median: np.ndarray
+    quantiles: np.ndarray
+    quantile_levels: np.ndarray
+
+
+def level_column(level: float) -> str:
+    """The DataFrame column name of a quantile level: 0.1 -> "0.1", 0.05 -> "0.05"."""
+    return np.format_float_positional(float(level), trim="-")
+
+
+def _shipped_roots() -> list[pathlib.Path]:
+    """Where shipped checkpoints live: a source checkout's `checkpoints/`, then the installed package's."""
+    package_dir = pathlib.Path(__file__).resolve().parent
+    return [package_dir.parent / SHIPPED_CHECKPOINTS_DIR, package_dir / SHIPPED_CHECKPOINTS_DIR]
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> pathlib.Path:
+    """An existing path as given, or a shipped checkpoint name ("factost-tiny") -> its directory.
+
+    A bare name (no path separator) that is not an existing path is looked up in
+    `<repo>/checkpoints/<name>` (a source checkout) and `factost_jax/checkpoints/<name>` (an
+    installed package that ships it). Raises FileNotFoundError listing the places tried.
+    """
+    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+        raise ValueError(f"checkpoint path must be a non-empty path or name, got {path!r}")
+    given = pathlib.Path(path).expanduser()
+    if given.exists():
+        return given
+    text = os.fspath(path)
+    if os.sep in text or (os.altsep and os.altsep in text):
+        raise FileNotFoundError(f"checkpoint path {given} does not exist")
+    candidates = [root / text for root in _shipped_roots()]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"checkpoint {text!r} is neither an existing path nor a shipped checkpoint (tried {tried})")
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _check_horizon(horizon: Any) -> int:
+    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer):
+        raise ValueError(f"horizon must be an int, got {type(horizon).__name__} {horizon!r}")
+    if horizon <= 0:
+        raise ValueError(f"horizon must be a positive int, got {horizon}")
+    return int(horizon)
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _check_levels(quantiles: Any) -> np.ndarray:
+    """Requested levels -> [Q] float64, sorted, duplicates removed; each strictly inside (0, 1)."""
+    if isinstance(quantiles, str | bytes) or not isinstance(quantiles, Sequence | np.ndarray):
+        raise ValueError(f"quantiles must be a sequence of levels in (0, 1), got {quantiles!r}")
+    try:
+        levels = np.asarray(quantiles, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"quantiles must be numbers in (0, 1), got {quantiles!r}") from None
+    if levels.ndim != 1 or levels.size == 0:
+        raise ValueError(f"quantiles must be a non-empty 1-D sequence of levels, got {quantiles!r}")
+    outside = [float(v) for v in levels if not (np.isfinite(v) and 0.0 < v < 1.0)]
+    if outside:
+        raise ValueError(f"quantile levels must lie strictly inside (0, 1); got {outside}")
+    return np.unique(levels)
+
+
+def _trained_index(trained: np.ndarray, level: float) -> int | None:
+    hits = np.flatnonzero(np.abs(trained - level) < _LEVEL_TOLERANCE)
+    return int(hits[0]) if hits.size else None
+
+
+def _to_float_series(item: Any, where: str) -> np.ndarray:
+    try:
+        series = np.asarray(item, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} is not numeric (got {type(item).__name__})") from None
+    return series
+
+
+def _series_matrix(inputs: Any, max_length: int) -> np.ndarray:
+    """[B, T] array or list of 1-D series -> [B, L] float64 (last `max_length` steps), NaN-left-padded.
+
+    Infinite values count as missing. Raises ValueError for wrong dimensions or empty series.
+    """
+    if isinstance(inputs, pd.DataFrame):
+        raise ValueError("inputs is a DataFrame: use forecast_df(df, ...) for long-format pandas input")
+    if isinstance(inputs, np.ndarray | jax.Array):
+        matrix = _to_float_series(inputs, "inputs")
+        if matrix.ndim == 1:
+            raise ValueError(f"inputs must be [B, T] or a list of 1-D series, got a 1-D array of shape {matrix.shape}; "
+                             "for one series pass x[None, :] or [x]")
+        if matrix.ndim != 2:
+            raise ValueError(f"inputs must be [B, T] or a list of 1-D series, got an array of shape {matrix.shape}")
+        if matrix.shape[0] == 0:
+            raise ValueError("inputs is empty: got 0 series")
+        if matrix.shape[1] == 0:
+            raise ValueError(f"inputs has series of length 0 (shape {matrix.shape})")
+        matrix = matrix[:, -max_length:]
+    elif isinstance(inputs, Sequence) and not isinstance(inputs, str | bytes):
+        if len(inputs) == 0:
+            raise ValueError("inputs is empty: got 0 series")
+        rows = []
+        for index, item in enumerate(inputs):
+            series = _to_float_series(item, f"inputs[{index}]")
+            if series.ndim != 1:
+                raise ValueError(f"inputs[{index}] must be a 1-D series, got shape {series.shape}")
+            if series.size == 0:
+                raise ValueError(f"inputs[{index}] is an empty series")
+            rows.append(series[-max_length:])
+        width = max(row.size for row in rows)
+        matrix = np.full((len(rows), width), np.nan)
+        for index, row in enumerate(rows):
+            matrix[index, width - row.size:] = row
+    else:
+        raise ValueError(f"inputs must be a [B, T] array or a list of 1-D series, got {type(inputs).__name__}")
+    return np.where(np.isfinite(matrix), matrix, np.nan)
+
+
+def _rows_per_call(batch_size: int) -> int:
+    """The rollout's row cap for `batch_size` series per chunk: the next power of two (it requires one)."""
+    return 1 << max(batch_size - 1, 0).bit_length()
+
+
+def _check_observed(matrix: np.ndarray, names: Sequence[Any] | None = None) -> None:
+    empty = np.flatnonzero(~np.isfinite(matrix).any(axis=1))
+    if empty.size:
+        shown = [names[i] for i in empty[:_MAX_NAMED]] if names is not None else empty[:_MAX_NAMED].tolist()
+        more = f" and {empty.size - _MAX_NAMED} more" if empty.size > _MAX_NAMED else ""
+        what = "ids" if names is not None else "indices"
+        raise ValueError(f"series with no observed (finite) value at {what} {shown}{more}: "
+                         "drop them or give them at least one value")
+
+
+def _standardise(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[B, L] float64 -> (standardised float32, loc [B, 1], scale [B, 1]) over each row's observed values."""
+    observed = np.isfinite(matrix)
+    count = observed.sum(axis=1, keepdims=True)
+    safe = np.where(observed, matrix, 0.0)
+    loc = np.where(count > 0, safe.sum(axis=1, keepdims=True) / np.maximum(count, 1), 0.0)
+    spread = np.sqrt(np.where(observed, np.square(matrix - loc), 0.0).sum(axis=1, keepdims=True) / np.maximum(count, 1))
+    # A flat row is scaled by its level, so the encoder's epsilon-sized response to a flat input
+    # stays tiny relative to the series (a constant 1e-9 is not forecast as 1e-9 +- 1e-6).
+    flat_scale = np.where(np.abs(loc) > 0, np.abs(loc), 1.0)
+    scale = np.where(np.isfinite(spread) & (spread > 0), spread, flat_scale)
+    return ((matrix - loc) / scale).astype(np.float32), loc, scale
+
+
+def _infer_step(timestamps: pd.DatetimeIndex, where: str) -> tuple[Any, pd.Timedelta]:
+    """(frequency: a pandas offset or a Timedelta, step as a Timedelta) of strictly increasing stamps."""
+    if len(timestamps) < 2:
+        raise ValueError(f"{where} has {len(timestamps)} timestamp(s): at least 2 are needed to infer the frequency")
+    median_step = pd.Timedelta(int(np.median(np.diff(timestamps.as_unit("ns").asi8))), unit="ns")
+    freq = _infer_freq(timestamps) if len(timestamps) >= 3 else None
+    if freq is not None:
+        offset = pd.tseries.frequencies.to_offset(freq)
+        try:
+            step = pd.Timedelta(offset)
+        except ValueError:  # calendar offsets (month, year, ...) have no fixed length
+            step = median_step
+        return offset, step
+    # Irregular or gappy stamps: the median step is the most common spacing of real series.
+    return median_step, median_step
+
+
+def _infer_freq(timestamps: pd.DatetimeIndex) -> Any:
+    """pd.infer_freq as an offset or string (None when irregular), without pandas' deprecation noise."""
+    try:
+        with pd.option_context("future.infer_freq_returns_offset", True):
+            return pd.infer_freq(timestamps)
+    except pd.errors.OptionError:  # older pandas: the option does not exist and strings are returned
+        pass
+    except (TypeError, ValueError):
+        return None
+    try:
+        return pd.infer_freq(timestamps)
+    except (TypeError, ValueError):
+        return None
+
+
+def _future_timestamps(last: pd.Timestamp, freq: Any, horizon: int) -> pd.DatetimeIndex:
+    if isinstance(freq, pd.Timedelta):
+        return pd.DatetimeIndex([last + freq * k for k in range(1, horizon + 1)])
+    return pd.date_range(start=last, periods=horizon + 1, freq=freq)[1:]
+
+
+def _check_timestamps(raw: Any, where: str) -> pd.DatetimeIndex:
+    try:
+        stamps = pd.DatetimeIndex(pd.to_datetime(np.asarray(raw)))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: timestamps are not datetimes ({error})") from None
+    if stamps.hasnans:
+        raise ValueError(f"{where}: timestamps contain missing values (NaT)")
+    duplicated = stamps[stamps.duplicated()]
+    if len(duplicated):
+        raise ValueError(f"{where}: duplicate timestamp {duplicated[0]} (timestamps must be unique)")
+    if not stamps.is_monotonic_increasing:
+        position = int(np.flatnonzero(np.diff(stamps.as_unit("ns").asi8) < 0)[0]) + 1
+        raise ValueError(f"{where}: timestamps are not increasing ({stamps[position]} comes after "
+                         f"{stamps[position - 1]}); sort them first")
+    return stamps
+
+
+def _regular_grid(values: np.ndarray, stamps: pd.DatetimeIndex, step: pd.Timedelta) -> np.ndarray:
+    """Values on the regular grid of `step` (gaps become NaN) when every stamp lies on it, else as given."""
+    nanoseconds = stamps.as_unit("ns").asi8
+    offsets = nanoseconds - nanoseconds[0]
+    step_ns = step.value
+    if step_ns <= 0 or np.any(offsets % step_ns):
+        return values
+    positions = offsets // step_ns
+    grid = np.full(int(positions[-1]) + 1, np.nan)
+    grid[positions] = values
+    return grid
+
+
+def _calendar_steps_per_day(step: pd.Timedelta) -> int:
+    if step >= pd.Timedelta("1D"):
+        return 1
+    return max(1, int(round(pd.Timedelta("1D") / step)))
+
+
+def _calendar(stamps: pd.DatetimeIndex, steps_per_day: int) -> tuple[np.ndarray, np.ndarray]:
+    """(time_of_day slot 0..steps_per_day-1, day_of_week Monday=0), both [T] int32, as STDataset computes them."""
+    seconds = stamps.hour * 3600 + stamps.minute * 60 + stamps.second
+    slot = np.floor(np.asarray(seconds) / (86400 / steps_per_day)).astype(np.int32) % steps_per_day
+    return slot.astype(np.int32), np.asarray(stamps.day_of_week, np.int32)
+
+
+def _adapter_config_dict(metadata: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The AdapterConfig fields of a stage-2 checkpoint: metadata["adapter_config"], else the adapt
+    loop's run config (metadata["run_config"]["adapter"])."""
+    if isinstance(metadata.get("adapter_config"), Mapping):
+        return metadata["adapter_config"]
+    run_config = metadata.get("run_config")
+    if isinstance(run_config, Mapping) and isinstance(run_config.get("adapter"), Mapping):
+        return run_config["adapter"]
+    return None
+
+
+# --------------------------------------------------------------------------- the forecaster
+
+
+class Forecaster:
+    """Zero-shot (stage 1) or adapted (stage 2) FactoST forecasts.
+
+    Args:
+      params: the checkpoint's parameters (boxed or plain); a tree with an "adapter" subtree is a
+        stage-2 model.
+      config: the encoder's ModelConfig.
+      adapter_config: the stage-2 AdapterConfig (required for a stage-2 tree, else None).
+      metadata: the checkpoint's JSON metadata (kept for provenance: pretraining corpus, step).
+    """
+
+    def __init__(self, params: Params, config: ModelConfig, adapter_config: Any = None,
+                 metadata: Mapping[str, Any] | None = None):
+        if not isinstance(config, ModelConfig):
+            raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
+        plain = unbox(params)
+        if not isinstance(plain, Mapping):
+            raise ValueError(f"params must be the checkpoint's parameter dict, got {type(plain).__name__}")
+        is_stage2 = ADAPTER_KEY in plain
+        if is_stage2 and adapter_config is None:
+            raise ValueError("params hold an 'adapter' subtree (a stage-2 model) but no adapter_config was given")
+        if not is_stage2 and adapter_config is not None:
+            raise ValueError("adapter_config was given but params have no 'adapter' subtree (a stage-1 model)")
+        if config.compute_dtype != "float32" and jax.default_backend() == "cpu":
+            # A checkpoint trained with bf16 activations on an accelerator: CPUs emulate bf16 matmuls,
+            # slower and less exact than float32 (the parameters are float32 either way).
+            config = dataclasses.replace(config, compute_dtype="float32")
+        self.config = config
+        self.adapter_config = adapter_config
+        self.metadata = dict(metadata or {})
+        self.path: pathlib.Path | None = None
+        # On the device once, instead of a host-to-device copy of every weight on every call.
+        self.params = jax.device_put(plain)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Forecaster:
+        """A workdir, its checkpoints dir, a step dir, or a shipped name like "factost-tiny".
+
+        The latest finished step is used; the model (and adapter) config come from the checkpoint's
+        own metadata.
+        """
+        step_dir, _ = ckpt_io.find_checkpoint(resolve_checkpoint_path(path))
+        metadata = ckpt_io.read_metadata(step_dir)
+        model_kind = (metadata.get("model_config") or {}).get("kind") if isinstance(metadata.get("model_config"), dict) \
+            else None
+        if model_kind is not None:
+            raise ValueError(f"checkpoint {step_dir} holds a {model_kind!r} model, not FactoST; the Forecaster serves "
+                             "FactoST stage-1 and stage-2 checkpoints")
+        config, params = ckpt_io.load_inference_params(step_dir)
+        adapter_config = None
+        if ADAPTER_KEY in params:
+            adapter_values = _adapter_config_dict(metadata)
+            if adapter_values is None:
+                raise ValueError(f"checkpoint {step_dir} holds adapter weights but its metadata has neither "
+                                 "'adapter_config' nor run_config.adapter")
+            from factost_jax.model.adapter import AdapterConfig
+
+            adapter_config = AdapterConfig.from_dict(adapter_values)
+        forecaster = cls(params, config, adapter_config=adapter_config, metadata=metadata)
+        forecaster.path = step_dir
+        return forecaster
+
+    @property
+    def stage(self) -> int:
+        """1 for the universal temporal encoder, 2 for an adapted (spatio-temporal) model."""
+        return 1 if self.adapter_config is None else 2
+
+    @property
+    def quantile_levels(self) -> np.ndarray:
+        """[Q] the trained quantile levels."""
+        return np.asarray(self.config.quantile_levels, np.float64)
+
+    def __repr__(self) -> str:
+        where = f", path={str(self.path)!r}" if self.path else ""
+        cfg = self.config
+        return (f"Forecaster(stage={self.stage}, d_model={cfg.d_model}, layers={cfg.num_layers}, "
+                f"max_context={cfg.max_context_length}, max_horizon={cfg.max_horizon}{where})")
+
+    # ------------------------------------------------------------------ compilation
+    def program_shapes(self, max_context: int, max_horizon: int, batch_size: int) -> list[tuple[int, int, int]]:
+        """(rows, context bucket, output patches) of every program `forecast` runs for batches of
+        `batch_size` series, contexts up to `max_context` and horizons up to `max_horizon`."""
+        cfg = self.config
+        buckets = rollout.default_context_buckets(cfg)
+        cap = min(cfg.max_context_length, buckets[-1])
+
+        def bucket_of(length: int) -> int:
+            return next(b for b in buckets if b >= min(length, cap))
+
+        def patches_for(steps: int) -> int:
+            return min(math.ceil(steps / cfg.patch_size), cfg.max_output_patches)
+
+        max_batch = _rows_per_call(batch_size)
+        shapes = set()
+        first_rows = rollout._batch_bucket(batch_size, max_batch)
+        for bucket in buckets[: buckets.index(bucket_of(max_context)) + 1]:
+            for patches in range(1, patches_for(max_horizon) + 1):
+                shapes.add((first_rows, bucket, patches))
+        if max_horizon > cfg.max_horizon:
+            path_rows = batch_size * len(cfg.rollout_quantile_levels)
+            row_sizes = {max_batch} if path_rows >= max_batch else set()
+            if path_rows % max_batch:
+                row_sizes.add(rollout._batch_bucket(path_rows % max_batch, max_batch))
+            longest = bucket_of(max_context + max_horizon - 1)
+            for bucket in buckets[: buckets.index(longest) + 1]:
+                for patches in range(1, patches_for(max_horizon - cfg.max_horizon) + 1):
+                    shapes.update((rows, bucket, patches) for rows in row_sizes)
+        return sorted(shapes)
+
+    def compile(self, max_context: int | None = None, max_horizon: int | None = None,
+                batch_size: int = DEFAULT_BATCH_SIZE) -> Forecaster:
+        """Compiles, once, every program `forecast` needs for these limits (stage 1); returns self.
+
+        Later calls with `batch_size` series (or a multiple), contexts up to `max_context` and
+        horizons up to `max_horizon` compile nothing; a smaller final batch compiles its
+        power-of-two row bucket once. Defaults: the model's maximum context and one-pass horizon.
+        """
+        if self.stage != 1:
+            raise ValueError("compile() warms the stage-1 programs; a stage-2 model compiles on its first forecast_network")
+        max_context = self.config.max_context_length if max_context is None else _positive_int(max_context, "max_context")
+        max_horizon = self.config.max_horizon if max_horizon is None else _positive_int(max_horizon, "max_horizon")
+        batch_size = _positive_int(batch_size, "batch_size")
+        forward = jitted_apply(self.config)
+        for rows, bucket, patches in self.program_shapes(max_context, max_horizon, batch_size):
+            context = np.full((rows, bucket), np.nan, np.float32)
+            jax.block_until_ready(forward(self.params, context, np.zeros((rows, bucket), bool), patches))
+        return self
+
+    # ------------------------------------------------------------------ stage 1
+    def _require_stage1(self, what: str) -> None:
+        if self.stage != 1:
+            raise ValueError(f"this checkpoint is stage 2 (adapted to {self.adapter_config.num_nodes} nodes); "
+                             f"{what} needs a stage-1 checkpoint: use forecast_network(values [T, N], timestamps, horizon)")
+
+    def _select_levels(self, trained_quantiles: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """[..., Q_trained] sorted -> [..., Q] at `levels`, interpolating (with a warning) untrained ones."""
+        trained = self.quantile_levels
+        untrained = [float(level) for level in levels if _trained_index(trained, level) is None]
+        if untrained:
+            clamped = [level for level in untrained if not trained[0] <= level <= trained[-1]]
+            note = (f"; levels outside [{trained[0]}, {trained[-1]}] take the nearest trained quantile {clamped}"
+                    if clamped else "")
+            warnings.warn(f"quantile levels {untrained} were not trained (trained: {trained.tolist()}); they are "
+                          f"linearly interpolated between neighbouring trained levels{note}", stacklevel=3)
+        selected = rollout.interpolate_quantiles(trained_quantiles, trained, levels)
+        return np.sort(selected, axis=-1)
+
+    def _forecast_rows(self, matrix: np.ndarray, horizon: int, batch_size: int, progress: bool | None) -> np.ndarray:
+        """[B, L] float64 (NaN = missing) -> [B, H, Q_trained] float32 in the input's units, sorted along Q."""
+        standardised, loc, scale = _standardise(matrix)
+        rows = standardised.shape[0]
+        show = rows > batch_size if progress is None else bool(progress)
+        max_batch = _rows_per_call(batch_size)
+        outputs = []
+        with tqdm.tqdm(total=rows, desc="forecast", unit="series", disable=not show) as bar:
+            for start in range(0, rows, batch_size):
+                chunk = standardised[start:start + batch_size]
+                outputs.append(rollout.forecast_quantiles(self.params, self.config, chunk, horizon,
+                                                          max_batch_size=max_batch))
+                bar.update(chunk.shape[0])
+        normalised = np.concatenate(outputs, axis=0).astype(np.float64)
+        return np.sort(normalised * scale[:, :, None] + loc[:, :, None], axis=-1).astype(np.float32)
+
+    def forecast(self, inputs: Any, horizon: int, quantiles: Sequence[float] = DEFAULT_QUANTILES,
+                 batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None,
+                 allow_unobserved: bool = False) -> QuantileForecast:
+        """Quantile forecasts of univariate series (stage 1, each series on its own).
+
+        Args:
+          inputs: [B, T] array, or a list of B 1-D arrays of any lengths (left-padded with NaN);
+            NaN (or inf) marks a missing value. Only the last `config.max_context_length` steps
+            are used.
+          horizon: H >= 1 steps; longer than `config.max_horizon` rolls out (spec §2.6).
+          quantiles: levels in (0, 1) (returned sorted, duplicates dropped); levels the model
+            was not trained on are interpolated, with a warning.
+          batch_size: series per model call; more than this shows a progress bar.
+          progress: True / False forces the bar on / off (default: on when B > batch_size).
+          allow_unobserved: forecast series with no observed value (from no information, around 0)
+            instead of raising; evaluation over gappy data uses it.
+        Returns:
+          QuantileForecast(median [B, H], quantiles [B, H, Q], quantile_levels [Q]).
+        Raises:
+          ValueError: wrong dimensions, an empty or all-NaN series (naming its index), a bad
+            horizon, batch size or level.
+        """
+        self._require_stage1("forecast")
+        horizon = _check_horizon(horizon)
+        levels = _check_levels(quantiles)
+        batch_size = _positive_int(batch_size, "batch_size")
+        matrix = _series_matrix(inputs, self.config.max_context_length)
+        if not allow_unobserved:
+            _check_observed(matrix)
+        trained = self._forecast_rows(matrix, horizon, batch_size, progress)
+        median_index = _trained_index(self.quantile_levels, 0.5)
+        return QuantileForecast(median=np.ascontiguousarray(trained[..., median_index]),
+                                quantiles=self._select_levels(trained, levels).astype(np.float32),
+                                quantile_levels=levels)
+
+    def forecast_df(self, df: pd.DataFrame, id_column: str = "unique_id", timestamp_column: str = "ds",
+                    target: str = "y", *, horizon: int, quantiles: Sequence[float] = DEFAULT_QUANTILES,
+                    batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None) -> pd.DataFrame:
+        """Long-format pandas in, long-format pandas out (Nixtla / Chronos conventions).
+
+        Each series' frequency is `pd.infer_freq` of its timestamps, else its median step; when
+        every stamp lies on that step's grid, gaps are filled with NaN (missing values).
+
+        Args:
+          df: one row per (series id, timestamp) with columns `id_column`, `timestamp_column`
+            and `target`; timestamps strictly increasing within each series.
+          horizon, quantiles, batch_size, progress: as in `forecast`.
+        Returns:
+          DataFrame with columns `unique_id` (named `id_column`), `ds` (named
+          `timestamp_column`), "median" and one column per level named like "0.1"; `horizon` rows
+          per series, in the order the ids first appear.
+        """
+        self._require_stage1("forecast_df")
+        if not isinstance(df, pd.DataFrame):
+            raise ValueError(f"df must be a pandas DataFrame, got {type(df).__name__}")
+        missing = [c for c in (id_column, timestamp_column, target) if c not in df.columns]
+        if missing:
+            raise ValueError(f"df is missing columns {missing}; it has {list(df.columns)} "
+                             f"(set id_column / timestamp_column / target to name yours)")
+        if len(df) == 0:
+            raise ValueError("df has no rows")
+        horizon = _check_horizon(horizon)
+        levels = _check_levels(quantiles)
+        if df[id_column].isna().any():
+            raise ValueError(f"df column {id_column!r} has missing ids")
+        ids, series, futures = [], [], []
+        for series_id, group in df.groupby(id_column, sort=False):
+            where = f"series {series_id!r}"
+            stamps = _check_timestamps(group[timestamp_column].to_numpy(), where)
+            try:
+                values = pd.to_numeric(group[target], errors="raise").to_numpy(np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: column {target!r} is not numeric") from None
+            freq, step = _infer_step(stamps, where)
+            ids.append(series_id)
+            series.append(_regular_grid(values, stamps, step))
+            futures.append(_future_timestamps(stamps[-1], freq, horizon))
+        matrix = _series_matrix(series, self.config.max_context_length)
+        _check_observed(matrix, names=ids)
+        result = self.forecast(list(matrix), horizon, quantiles=levels, batch_size=batch_size, progress=progress)
+        frame = pd.DataFrame({
+            id_column: np.repeat(np.asarray(ids, dtype=object), horizon),
+            timestamp_column: futures[0].append(futures[1:]) if len(futures) > 1 else futures[0],
+            "median": result.median.reshape(-1),
+        })
+        for index, level in enumerate(result.quantile_levels):
+            frame[level_column(level)] = result.quantiles[:, :, index].reshape(-1)
+        source_dtype = df[timestamp_column].dtype
+        if isinstance(source_dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(source_dtype):
+            frame[timestamp_column] = frame[timestamp_column].astype(source_dtype)  # the caller's unit and zone
+        frame[id_column] = frame[id_column].astype(df[id_column].dtype)
+        return frame
+
+    # ------------------------------------------------------------------ stage 2
+    def network_quantiles(self, values: np.ndarray, context_calendar: Mapping[str, np.ndarray],
+                          future_calendar: Mapping[str, np.ndarray], horizon: int, steps_per_day: int) -> np.ndarray:
+        """Stage-2 forecast of windows: [B, T, N] -> [B, H, N, Q_trained], sorted along Q.
+
+        Args:
+          values: [B, T, N] float, NaN where missing.
+          context_calendar / future_calendar: {"time_of_day": slot 0..steps_per_day-1,
+            "day_of_week": Monday = 0} as [B, T] / [B, H] ints (the data layer's convention).
+          steps_per_day: steps in one day of the data (maps time-of-day slots to the adapter's bins).
+        """
+        from factost_jax.model.adapter import adapter_predict, calendar_slots
+
+        if self.stage != 2:
+            raise ValueError("this checkpoint is stage 1; forecast_network needs a stage-2 (adapted) checkpoint")
+        horizon = _check_horizon(horizon)
+        if horizon > self.config.max_horizon:
+            raise ValueError(f"horizon {horizon} exceeds the adapted model's one-pass maximum "
+                             f"{self.config.max_horizon}; forecast at most {self.config.max_horizon} steps")
+        values = np.asarray(values, np.float64)
+        if values.ndim != 3:
+            raise ValueError(f"values must be [B, T, N], got shape {values.shape}")
+        expected_nodes = self.adapter_config.num_nodes
+        if values.shape[2] != expected_nodes:
+            raise ValueError(f"values have {values.shape[2]} nodes but the stage-2 checkpoint was adapted to "
+                             f"{expected_nodes} nodes")
+        keep = self.config.max_context_length
+        values = values[:, -keep:]
+        context, future = {}, {}
+        for name, cycle in self.adapter_config.calendar_features:
+            if name == "time_of_day":
+                mapping = lambda slots, c=cycle: calendar_slots(np.asarray(slots), steps_per_day, c)  # noqa: E731
+            elif name == "day_of_week":
+                mapping = lambda slots, c=cycle: np.asarray(slots, np.int32) % c  # noqa: E731
+            else:
+                raise ValueError(f"the adapter uses calendar feature {name!r}; forecast_network knows "
+                                 "'time_of_day' and 'day_of_week'")
+            for source, target_dict, length in ((context_calendar, context, None), (future_calendar, future, horizon)):
+                if name not in source:
+                    raise ValueError(f"calendar lacks {name!r}, which the adapter uses")
+                slots = np.asarray(source[name])
+                target_dict[name] = mapping(slots[:, -keep:] if length is None else slots[:, :length])
+        # The adapter's RevIN and instance norm are affine invariant, so float64 standardising per
+        # (window, node) keeps large or tiny magnitudes exact in float32, as in stage 1.
+        batch, length, nodes = values.shape
+        flat = np.swapaxes(values, 1, 2).reshape(batch * nodes, length)
+        standardised, loc, scale = _standardise(np.where(np.isfinite(flat), flat, np.nan))
+        standardised = np.swapaxes(standardised.reshape(batch, nodes, length), 1, 2)
+        out = np.asarray(adapter_predict(self.params, self.config, self.adapter_config, standardised,
+                                         context, future, horizon), np.float64)  # [B, H, N, Q]
+        loc = loc.reshape(batch, 1, nodes, 1)
+        scale = scale.reshape(batch, 1, nodes, 1)
+        return np.sort(out * scale + loc, axis=-1).astype(np.float32)
+
+    def forecast_network(self, values: Any, timestamps: Any, horizon: int,
+                         quantiles: Sequence[float] = DEFAULT_QUANTILES) -> QuantileForecast:
+        """Adapted (stage-2) forecast of a whole sensor network with the adapter's calendar features.
+
+        Args:
+          values: [T, N] float, NaN where missing; N must equal the checkpoint's node count.
+          timestamps: [T] datetimes, strictly increasing (their step gives the frequency and the
+            time-of-day slots).
+          horizon: H, at most `config.max_horizon` (no rollout in stage 2).
+          quantiles: levels in (0, 1), interpolated with a warning when untrained.
+        Returns:
+          QuantileForecast(median [H, N], quantiles [H, N, Q], quantile_levels [Q]).
+        """
+        if self.stage != 2:
+            raise ValueError("this checkpoint is stage 1; forecast_network needs a stage-2 (adapted) checkpoint")
+        horizon = _check_horizon(horizon)
+        levels = _check_levels(quantiles)
+        values = _to_float_series(values, "values")
+        if values.ndim != 2:
+            raise ValueError(f"values must be [T, N], got shape {values.shape}")
+        if values.shape[0] == 0:
+            raise ValueError("values has no time steps")
+        if not np.isfinite(values).any():
+            raise ValueError("values has no observed (finite) value")
+        stamps = _check_timestamps(timestamps, "timestamps")
+        if len(stamps) != values.shape[0]:
+            raise ValueError(f"timestamps has {len(stamps)} entries but values has T = {values.shape[0]} steps")
+        freq, step = _infer_step(stamps, "timestamps")
+        steps_per_day = _calendar_steps_per_day(step)
+        future_stamps = _future_timestamps(stamps[-1], freq, horizon)
+        context_tod, context_dow = _calendar(stamps, steps_per_day)
+        future_tod, future_dow = _calendar(future_stamps, steps_per_day)
+        trained = self.network_quantiles(
+            values[None], {"time_of_day": context_tod[None], "day_of_week": context_dow[None]},
+            {"time_of_day": future_tod[None], "day_of_week": future_dow[None]}, horizon, steps_per_day)[0]
+        median_index = _trained_index(self.quantile_levels, 0.5)
+        return QuantileForecast(median=np.ascontiguousarray(trained[..., median_index]),
+                                quantiles=self._select_levels(trained, levels).astype(np.float32),
+                                quantile_levels=levels)
