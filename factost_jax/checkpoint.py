@@ -33,6 +33,26 @@ METADATA_FILE = "metadata"  # Orbax's JsonSave file name inside the item directo
 INFERENCE_DTYPES = ("float32", "bfloat16")
 
 
+class UnreadableCheckpointError(ValueError):
+    """A step directory that exists but cannot be read back: cut off, truncated or corrupted."""
+
+
+def read_step_metadata(step_dir: str | pathlib.Path) -> dict[str, Any]:
+    """The JSON metadata of one step directory.
+
+    Raises:
+      UnreadableCheckpointError: the metadata file is missing, empty or not a JSON object.
+    """
+    path = pathlib.Path(step_dir) / METADATA_ITEM / METADATA_FILE
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UnreadableCheckpointError(f"cannot read checkpoint metadata {path}: {err}") from None
+    if not isinstance(metadata, dict):
+        raise UnreadableCheckpointError(f"checkpoint metadata {path} is not a JSON object")
+    return metadata
+
+
 def _is_step_dir(path: pathlib.Path) -> bool:
     return (path / PARAMS_ITEM).is_dir() and (path / METADATA_ITEM / METADATA_FILE).is_file()
 
@@ -92,12 +112,24 @@ def key_path_str(path: Any) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
+def _params_tree_metadata(params_dir: pathlib.Path) -> Any:
+    """The saved params tree (shapes/dtypes) of an item directory.
+
+    Read through the handler, not the checkpointer: an item written by a CheckpointManager keeps its
+    step-level metadata one directory up, where `Checkpointer.metadata` does not look.
+    """
+    import orbax.checkpoint as ocp
+
+    metadata = ocp.PyTreeCheckpointHandler().metadata(pathlib.Path(params_dir).absolute())
+    return getattr(metadata, "tree", metadata)
+
+
 def saved_param_shapes(path: str | pathlib.Path) -> dict[str, tuple[int, ...]]:
     """{"stack/attn/q/kernel": shape, ...} of a checkpoint's params, read from metadata (no array I/O)."""
     import orbax.checkpoint as ocp
 
     step_dir, _ = find_checkpoint(path)
-    tree = ocp.PyTreeCheckpointer().metadata(step_dir / PARAMS_ITEM).item_metadata.tree
+    tree = _params_tree_metadata(step_dir / PARAMS_ITEM)
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {key_path_str(p): tuple(leaf.shape) for p, leaf in flat}
 
@@ -105,8 +137,9 @@ def saved_param_shapes(path: str | pathlib.Path) -> dict[str, tuple[int, ...]]:
 def _restore_params_to_host(params_dir: pathlib.Path) -> Any:
     import orbax.checkpoint as ocp
 
+    params_dir = pathlib.Path(params_dir).absolute()
     checkpointer = ocp.PyTreeCheckpointer()
-    tree = checkpointer.metadata(params_dir).item_metadata.tree
+    tree = _params_tree_metadata(params_dir)
     # numpy restore ignores the saved device layout, so any machine can read any run's params.
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     return checkpointer.restore(params_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))

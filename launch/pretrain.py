@@ -3,10 +3,15 @@
   python launch/pretrain.py --config configs/pretrain.py:tiny --workdir runs/tiny [--config.train.steps=2000]
   python launch/pretrain.py --config configs/pretrain.py:tiny --dry_run      # print the parameter count
 
-Re-running the same command resumes from the latest checkpoint in --workdir. On a multi-host
-GPU/TPU cluster pass --distributed so every process joins `jax.distributed` first. A user error
+Re-running the same command resumes from the latest checkpoint in --workdir. Multi-process jobs
+(factost_jax/train/distributed.py): under SLURM (`srun`), Open MPI (`mpirun`) or on a TPU pod slice
+every process joins `jax.distributed` by itself (--distributed forces JAX's auto-detection);
+anywhere else run one process per host with
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+and only process 0 writes metrics and prints. A user error
 (bad config value, unusable workdir, missing data) prints one line `error: ...` and exits 2; a run
-stopped by non-finite losses exits 1; a run that reaches train.steps exits 0.
+stopped by non-finite losses exits 1; a run that reaches train.steps exits 0, and so does one
+stopped by SIGTERM / SIGINT after saving a checkpoint ("preempted at step N; checkpoint saved to PATH").
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from factost_jax.train.distributed import define_flags as define_distributed_flags
+from factost_jax.train.distributed import initialize_from_flags
+
 USAGE_ERROR = 2
 TRAINING_ERROR = 1
 
@@ -23,9 +31,9 @@ config_flags.DEFINE_config_file("config", None, "Pretraining config file, e.g. c
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, final_params.sha256.")
 flags.DEFINE_bool("dry_run", False, "Build the model, print `params: N` and exit.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host clusters).")
 
 FLAGS = flags.FLAGS
+define_distributed_flags(FLAGS)
 
 
 def _one_line(message: str) -> str:
@@ -78,8 +86,10 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # keep backend-probing INFO lines off the console
     import jax
 
-    if FLAGS.distributed:
-        jax.distributed.initialize()
+    try:
+        initialize_from_flags(FLAGS)
+    except ValueError as error:
+        _fail(str(error))
     from factost_jax.model.encoder import count_params
     from factost_jax.train.loop import RunConfigError, TrainingDivergedError, prepare_workdir, train_and_evaluate
     from factost_jax.train.tasks import PretrainTask, validate_pretrain_config
@@ -116,7 +126,7 @@ def main(argv: list[str]) -> None:
         _fail(str(error), status=TRAINING_ERROR)
     except FileNotFoundError as error:
         _fail(str(error))
-    if is_main:
+    if is_main and not summary.get("preempted"):  # a preempted run already printed where it stopped
         shown = {k: summary[k] for k in ("step", "loss", "eval_loss", "params_sha256") if summary.get(k) is not None}
         print("done: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
 

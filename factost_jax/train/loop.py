@@ -35,7 +35,11 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import pathlib
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -204,12 +208,30 @@ class MetricWriter:
             self._tb.close()
 
 
+def _parse_row(line: str) -> dict[str, Any] | None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None
+
+
 def truncate_metrics_after(path: pathlib.Path, step: int) -> None:
-    """Drop logged rows past `step` (written by a run that died after its last checkpoint)."""
+    """Drop logged rows past `step` (written by a run that died after its last checkpoint).
+
+    A line cut off by a kill mid-write is dropped too. The rewrite goes through a temporary file
+    and a rename, so a kill during it leaves either the old or the new file, never a torn one.
+    """
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text().splitlines():
+        row = _parse_row(line)
+        if row is not None and row["step"] <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
 
 
 class IntervalStats:
@@ -284,6 +306,8 @@ def make_checkpoint_manager(directory: pathlib.Path, train_cfg: TrainConfig) -> 
         save_interval_steps=train_cfg.checkpoint_every,
         enable_async_checkpointing=train_cfg.async_checkpointing,
         create=True,
+        # Leftovers of saves cut off by a crash (`<step>.orbax-checkpoint-tmp-*`); never loaded anyway.
+        cleanup_tmp_directories=True,
     )
     items = (ckpt_io.PARAMS_ITEM, ckpt_io.OPT_STATE_ITEM, ckpt_io.DATA_ITER_ITEM, ckpt_io.METADATA_ITEM)
     return ocp.CheckpointManager(directory, item_names=items, options=options)
@@ -291,6 +315,25 @@ def make_checkpoint_manager(directory: pathlib.Path, train_cfg: TrainConfig) -> 
 
 def _with_shardings(abstract: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def _one_line_reason(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def check_compatible_model(step_dir: pathlib.Path, saved: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint whose stored model config differs from this run's, naming every differing field."""
+    if saved is None:
+        return
+    wanted = json.loads(json.dumps(dict(wanted), default=str))  # tuples -> lists, as stored
+    differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    if differing:
+        fields = ", ".join(f"{k} (checkpoint {saved.get(k)!r}, configured {wanted.get(k)!r})" for k in differing)
+        raise RunConfigError(
+            f"checkpoint {step_dir} holds a different model than configured: {fields}; "
+            "use a new --workdir or the original model config"
+        )
 
 
 def check_compatible_params(step_dir: pathlib.Path, abstract_params: Any) -> None:
@@ -340,11 +383,48 @@ def restore_checkpoint(
     )
     try:
         restored = manager.restore(step, args=args)
-    except ValueError as err:
-        raise RunConfigError(f"cannot resume from checkpoint step {step} in {manager.directory}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - Orbax / TensorStore / Grain raise many types for a bad file
+        raise ckpt_io.UnreadableCheckpointError(
+            f"cannot restore checkpoint step {step} in {manager.directory}: {_one_line_reason(err)}"
+        ) from None
     step_array = jax.device_put(np.asarray(step, np.int32), state_shardings.step)
     state = TrainState(step=step_array, params=restored[ckpt_io.PARAMS_ITEM], opt_state=restored[ckpt_io.OPT_STATE_ITEM])
     return state, dict(restored[ckpt_io.METADATA_ITEM])
+
+
+def check_same_process_count(step_dir: pathlib.Path) -> None:
+    """Refuse to RESUME TRAINING from a checkpoint written by a different number of processes.
+
+    Parameters and optimizer state reshard onto any mesh, but the Grain iterator state is one file
+    per process (each process reads its own `[i::n]` slice of the stream), so a run with another
+    process count cannot continue the same batch sequence. Evaluation, inference and fine-tuning
+    need only the parameters: `restore_params` loads them onto any mesh and process count.
+    """
+    saved = ckpt_io.read_metadata(step_dir).get("process_count")
+    if saved is not None and int(saved) != jax.process_count():
+        raise RunConfigError(
+            f"checkpoint {step_dir} was written by {saved} process(es) but this run has {jax.process_count()}; "
+            "resuming training needs the same process count (the data-iterator position is saved per process). "
+            "Rerun with the original process count, or start a new --workdir; for evaluation or fine-tuning "
+            "its parameters load on any mesh (factost_jax.train.loop.restore_params)"
+        )
+
+
+def restore_params(path: str | pathlib.Path, abstract_params: Any, shardings: Any) -> Any:
+    """A checkpoint's parameters, loaded straight into `shardings` (any mesh, any process count).
+
+    `path` is a workdir, its `checkpoints/` or one step directory (the latest step is chosen);
+    `abstract_params` the unboxed `jax.eval_shape` tree and `shardings` a matching tree of
+    `NamedSharding`s on the NEW mesh (e.g. `mesh_lib.param_shardings(...)`). Every process calls it;
+    each reads only the shards its devices hold.
+    """
+    import orbax.checkpoint as ocp
+
+    step_dir, _ = ckpt_io.find_checkpoint(path)
+    check_compatible_params(step_dir, abstract_params)
+    target = _with_shardings(abstract_params, shardings)
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(step_dir / ckpt_io.PARAMS_ITEM, target)
 
 
 def params_sha256(params: Any) -> str:
@@ -383,10 +463,11 @@ class _Setup:
     init_state: Callable[[jax.Array], TrainState]
 
 
-def build_setup(task: Task, train_cfg: TrainConfig, mesh: Any, init_rng: jax.Array) -> _Setup:
+def build_setup(task: Task, train_cfg: TrainConfig, mesh: Any, init_rng: jax.Array,
+                rules: Sequence[tuple[str, Any]] = mesh_lib.LOGICAL_AXIS_RULES) -> _Setup:
     """Abstract (shape-only) state, its shardings, and the optimizer; nothing is allocated yet."""
     abstract_boxed = jax.eval_shape(task.init_params, init_rng)
-    params_shardings = mesh_lib.param_shardings(abstract_boxed, mesh)
+    params_shardings = mesh_lib.param_shardings(abstract_boxed, mesh, rules)
     abstract_params = mesh_lib.unbox(abstract_boxed)
     optimizer = make_optimizer(train_cfg, task.trainable_mask(abstract_params))
 
@@ -419,6 +500,8 @@ def train_and_evaluate(task: Task, config: Any, workdir: str | pathlib.Path) -> 
     try:
         train_cfg = as_train_config(config.train)
         mesh = mesh_lib.make_mesh(config.mesh.shape)
+        # Stage 2 may split the sensor axis of its batches (mesh.nodes_axis); stage 1 has none.
+        rules = mesh_lib.logical_axis_rules(getattr(config.mesh, "nodes_axis", None))
     except ValueError as err:
         raise RunConfigError(str(err)) from None
     workdir = prepare_workdir(workdir)
@@ -436,10 +519,13 @@ def train_and_evaluate(task: Task, config: Any, workdir: str | pathlib.Path) -> 
         # `nn.with_logical_constraint` calls become real sharding constraints on activations.
         # (Caveat for model code: flax's nn.DenseGeneral with a logically partitioned kernel_init
         # fails under a global mesh, since it constrains its flat init kernel with the 3-D names.)
-        with mesh_lib.mesh_context(mesh):
-            setup = build_setup(task, train_cfg, mesh, init_rng)
-            data_iter = iter(task.train_dataset(jax.process_index(), jax.process_count()))
-            state, start_step = _initial_state(task, setup, manager, data_iter, init_rng, say)
+        with PreemptionGuard(jax.process_count()) as preemption, mesh_lib.mesh_context(mesh, rules):
+            setup = build_setup(task, train_cfg, mesh, init_rng, rules)
+
+            def make_data_iter() -> Any:
+                return iter(task.train_dataset(jax.process_index(), jax.process_count()))
+
+            state, start_step, data_iter = _initial_state(task, setup, manager, make_data_iter, init_rng, say)
             if is_main:
                 # A fresh start drops every row a crashed earlier attempt logged (even a step-0 evaluation).
                 truncate_metrics_after(workdir / METRICS_FILE, start_step if start_step else -1)
@@ -457,10 +543,16 @@ def train_and_evaluate(task: Task, config: Any, workdir: str | pathlib.Path) -> 
             )
             try:
                 state, summary = _run_steps(task, train_cfg, setup, state, start_step, data_iter, dropout_rng,
-                                            manager, metadata, writer, progress, say)
+                                            manager, metadata, writer, progress, say, preemption)
             finally:
                 progress.close()
             manager.wait_until_finished()
+            if summary.get("preempted"):
+                # Not a finished run: no final_params.sha256; rerunning the command resumes from here.
+                stop_step = int(jax.device_get(state.step))
+                say(f"preempted at step {stop_step}; checkpoint saved to {pathlib.Path(manager.directory) / str(stop_step)}")
+                summary.update(step=stop_step, start_step=start_step)
+                return summary
             summary["params_sha256"] = params_sha256(state.params)
             if is_main:
                 (workdir / SHA_FILE).write_text(summary["params_sha256"] + "\n")
@@ -473,23 +565,129 @@ def train_and_evaluate(task: Task, config: Any, workdir: str | pathlib.Path) -> 
 
 
 def _initial_state(
-    task: Task, setup: _Setup, manager: Any, data_iter: Any, init_rng: jax.Array, say: Callable[[str], None]
-) -> tuple[TrainState, int]:
-    latest = manager.latest_step()
-    if latest is None:
+    task: Task, setup: _Setup, manager: Any, make_data_iter: Callable[[], Any], init_rng: jax.Array,
+    say: Callable[[str], None],
+) -> tuple[TrainState, int, Any]:
+    """(state, start_step, data_iter) from the newest checkpoint that reads back, else a fresh init.
+
+    A newer checkpoint that cannot be read (cut off, truncated, corrupted) is reported by path on
+    stderr and the previous one is tried; once one restores, the unreadable ones are set aside as
+    `checkpoints/unreadable-<step>-<time>` so this run can write those steps again. If none reads
+    back nothing is renamed and the run stops with the reasons: restarting from step 0 silently
+    would throw the work away. A readable checkpoint of another model or process count is refused
+    (RunConfigError), never skipped.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
         say("no checkpoint found; starting from step 0")
         state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(init_rng)
-        return state, 0
-    step_dir = pathlib.Path(manager.directory) / str(latest)
+        return state, 0, make_data_iter()
+    unreadable: list[tuple[pathlib.Path, str]] = []
+    for step in steps:
+        step_dir = pathlib.Path(manager.directory) / str(step)
+        data_iter = make_data_iter()  # a failed attempt may have moved the iterator: each gets a fresh one
+        try:
+            state, metadata = _restore_step(task, setup, manager, step, step_dir, data_iter)
+        except RunConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever the cause, this step cannot be resumed from
+            reason = _one_line_reason(err)
+            _warn(f"warning: checkpoint {step_dir} is unreadable ({reason}); trying the previous one")
+            unreadable.append((step_dir, reason))
+            continue
+        _set_aside_unreadable(manager, [path for path, _ in unreadable])
+        if metadata.get("stage") not in (None, task.name):
+            say(f"warning: checkpoint stage {metadata.get('stage')!r} differs from this task's {task.name!r}")
+        load_task_state = getattr(task, "load_state_dict", None)
+        if load_task_state is not None:
+            load_task_state(dict(metadata.get("task_state") or {}))
+        say(f"resumed from step {step} ({step_dir})")
+        return state, step, data_iter
+    details = "; ".join(f"{path}: {reason}" for path, reason in unreadable)
+    raise RunConfigError(
+        f"no readable checkpoint in {manager.directory} ({details}); move it away to start again from step 0"
+    )
+
+
+def _restore_step(
+    task: Task, setup: _Setup, manager: Any, step: int, step_dir: pathlib.Path, data_iter: Any
+) -> tuple[TrainState, dict[str, Any]]:
+    metadata = ckpt_io.read_step_metadata(step_dir)
+    check_compatible_model(step_dir, metadata.get("model_config"), task.model_config_dict())
     check_compatible_params(step_dir, setup.abstract_params)
-    state, metadata = restore_checkpoint(manager, latest, setup.abstract_state, setup.state_shardings, data_iter)
-    if metadata.get("stage") not in (None, task.name):
-        say(f"warning: checkpoint stage {metadata.get('stage')!r} differs from this task's {task.name!r}")
-    load_task_state = getattr(task, "load_state_dict", None)
-    if load_task_state is not None:
-        load_task_state(dict(metadata.get("task_state") or {}))
-    say(f"resumed from step {latest} ({step_dir})")
-    return state, latest
+    check_same_process_count(step_dir)
+    return restore_checkpoint(manager, step, setup.abstract_state, setup.state_shardings, data_iter)
+
+
+def _warn(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _set_aside_unreadable(manager: Any, step_dirs: Sequence[pathlib.Path]) -> None:
+    """Rename unreadable step dirs out of Orbax's step namespace (kept for inspection, never loaded)."""
+    if not step_dirs:
+        return
+    if jax.process_index() == 0:
+        stamp = int(time.time())
+        for step_dir in step_dirs:
+            target = step_dir.with_name(f"unreadable-{step_dir.name}-{stamp}")
+            step_dir.rename(target)
+            _warn(f"warning: moved unreadable checkpoint {step_dir} to {target}")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("factost_set_aside_unreadable_checkpoints")
+    manager.reload()
+
+
+class PreemptionGuard:
+    """SIGTERM / SIGINT -> a stop request the loop honours at the next step boundary.
+
+    One process: our handlers record the signal; a second signal of the same kind reaches the
+    handler that was there before (default SIGTERM: exit now; Ctrl-C twice: KeyboardInterrupt).
+    Several processes must all stop at the same step, so there the decision is JAX's preemption
+    sync point (its distributed runtime catches SIGTERM and agrees on a step across hosts) and no
+    Python handler is installed. Handlers can only be set from the main thread; elsewhere the guard
+    only does the multi-process check.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, process_count: int):
+        self.multi_process = process_count > 1
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> PreemptionGuard:
+        if not self.multi_process and threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                previous = signal.signal(signum, self._handle)
+                self._previous[signum] = signal.SIG_DFL if previous is None else previous
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal_name = signal.Signals(signum).name
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def requested(self, step: int) -> bool:
+        """Called once per step, with the step every process is at."""
+        if not self.multi_process:
+            return self.signal_name is not None
+        from jax.experimental import multihost_utils
+
+        try:
+            reached = multihost_utils.reached_preemption_sync_point(step)
+        except RuntimeError:  # the preemption service is disabled: there is no notice to act on
+            return False
+        if reached:
+            self.signal_name = self.signal_name or "a preemption notice"
+        return reached
 
 
 class _Reporter:
@@ -568,6 +766,7 @@ def _run_steps(
     writer: MetricWriter,
     progress: Any,
     say: Callable[[str], None],
+    preemption: PreemptionGuard | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:
     train_step, eval_step = _jit_steps(task, setup)
     reporter = _Reporter(train_cfg, start_step, writer, progress, manager)
@@ -578,7 +777,12 @@ def _run_steps(
     if evaluate_params is not None and start_step == 0:
         reporter.log_eval(0, evaluate_params(state.params, 0))
     stopped_early = _task_should_stop(task)
+    preempted = False
     while step < train_cfg.steps and not stopped_early:
+        if preemption is not None and preemption.requested(step):
+            preempted = True
+            say(f"received {preemption.signal_name}: stopping after step {step}")
+            break
         host_batch = next(data_iter)
         key = task.batch_shapes_key(host_batch)
         if key not in seen_shapes:
@@ -586,7 +790,11 @@ def _run_steps(
             say(f"compiling train step for batch shapes {key}")
         windows = len(next(iter(host_batch.values()))) * jax.process_count()
         tokens = int(task.tokens_in_batch(host_batch)) * jax.process_count()
-        state, device_metrics = train_step(state, mesh_lib.host_to_global(host_batch, setup.mesh), dropout_rng)
+        try:
+            global_batch = mesh_lib.host_to_global(host_batch, setup.mesh)
+        except ValueError as err:  # e.g. a batch size the mesh cannot split: the user's config to fix
+            raise RunConfigError(f"{err}; set the batch size to a multiple of it or change mesh.shape") from None
+        state, device_metrics = train_step(state, global_batch, dropout_rng)
         step += 1
         reporter.push(step, device_metrics, windows, tokens)
         progress.update(1)
@@ -604,8 +812,10 @@ def _run_steps(
             # The iterator has yielded exactly `step` batches here, so the saved position matches.
             save_checkpoint(manager, state, data_iter, {**metadata, "step": step, **_task_state(task)}, force=True)
     reporter.flush()
+    if preempted and step not in manager.all_steps():
+        save_checkpoint(manager, state, data_iter, {**metadata, "step": step, **_task_state(task)}, force=True)
     summary = dict(reporter.summary, skipped_total=reporter.skipped_total, num_programs=len(seen_shapes),
-                   stopped_early=stopped_early)
+                   stopped_early=stopped_early, preempted=preempted)
     return state, summary
 
 

@@ -22,6 +22,14 @@ MESH_AXES: tuple[str, str, str] = ("data", "fsdp", "tensor")
 
 # Order matters: flax assigns a mesh axis to the first logical name that claims it, so "batch"
 # (listed first) takes "fsdp" before "embed" can in an activation `[batch, length, embed]`.
+#
+# Weights: FSDP stores every `embed`-sized dimension split over "fsdp" (gathered per layer by XLA);
+# tensor parallelism splits the attention heads and the MLP hidden width over "tensor" (Megatron
+# style: q/k/v and the MLP's up projection column-wise, the output projections row-wise). Batches
+# and activations are split over data x fsdp on the batch axis. The stage-2 adapter's own small
+# tables (prototypes, prompts, calendar, filters) stay replicated. "nodes" (the sensor axis of a
+# stage-2 `[B, N, L, D]` activation and of the node embedding table) is replicated by default;
+# `logical_axis_rules(nodes_axis="tensor")` splits it instead, for graphs too large for one device.
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
     ("nodes", None),
@@ -33,7 +41,25 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("quantile_out", None),
     ("patch_in", None),
     ("layers", None),
+    ("adapter_in", None),
+    ("adapter_embed", None),
+    ("calendar", None),
+    ("delays", None),
+    ("filters", None),
+    ("prototypes", None),
+    ("prompts", None),
+    ("prompt_rank", None),
 )
+
+# Mesh axes the stage-2 node axis may be split over ("data"/"fsdp" already carry the batch).
+NODE_AXIS_CHOICES: tuple[str | None, ...] = (None, "tensor")
+
+
+def logical_axis_rules(nodes_axis: str | None = None) -> tuple[tuple[str, Any], ...]:
+    """The rules table, with the logical "nodes" axis mapped to `nodes_axis` (None: replicated)."""
+    if nodes_axis not in NODE_AXIS_CHOICES:
+        raise ValueError(f"mesh.nodes_axis must be one of {NODE_AXIS_CHOICES}, got {nodes_axis!r}")
+    return tuple((name, nodes_axis if name == "nodes" else axes) for name, axes in LOGICAL_AXIS_RULES)
 
 
 def parse_mesh_shape(shape: str | Sequence[int]) -> tuple[int, int, int]:
