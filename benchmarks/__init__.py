@@ -1,0 +1,1 @@
+"""Benchmarks (not part of the installed package): speed against a PyTorch reference, profiles."""
