@@ -11,7 +11,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def _run(repo_root, *args, timeout=300):
+def _run(repo_root, *args, timeout=900):
     env = dict(os.environ)
     env.setdefault("JAX_PLATFORMS", "cpu")
     return subprocess.run(
