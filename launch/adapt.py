@@ -1,0 +1,138 @@
+"""Stage-2 (spatio-temporal adaptation) launcher: few-shot FactoST or the STID expert.
+
+  python launch/adapt.py --config configs/adapt.py:hzmetro --config.init_from=runs/tiny --workdir runs/hz
+  python launch/adapt.py --config configs/adapt.py:los_loop --config.model=stid --workdir runs/los_stid
+  python launch/adapt.py --config configs/adapt.py:synthetic --config.init_from=DIR --dry_run
+
+Trains with early stopping on the full validation split, then evaluates the best parameters on the
+full test split and writes WORKDIR/metrics.json (the launch/evaluate.py layout). Re-running the same
+command resumes from the latest checkpoint in --workdir. Multi-process jobs take the same flags as
+launch/pretrain.py (--coordinator_address, --num_processes, --process_id, --distributed). A user
+error (bad config value, missing data, missing / corrupt / wrong-size checkpoint, unusable workdir)
+prints one line `error: ...` and exits 2 with nothing written; a run stopped by non-finite losses
+exits 1; one stopped by SIGTERM / SIGINT saves a checkpoint and exits 0 without metrics.json.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from factost_jax.train.distributed import define_flags as define_distributed_flags
+from factost_jax.train.distributed import initialize_from_flags
+
+USAGE_ERROR = 2
+TRAINING_ERROR = 1
+
+config_flags.DEFINE_config_file("config", None, "Adaptation config file, e.g. configs/adapt.py:hzmetro.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, best/, metrics.jsonl, metrics.json.")
+flags.DEFINE_bool("dry_run", False, "Validate, build the task, print `params: N` and the data subset, and exit.")
+
+FLAGS = flags.FLAGS
+define_distributed_flags(FLAGS)
+
+
+def _one_line(message: str) -> str:
+    """Collapse a message to one line; a quoted traceback is reduced to its final exception line."""
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    if not lines:
+        return "unknown error"
+    if any("Traceback (most recent call last)" in line for line in lines):
+        head = lines[0].split("Traceback (most recent call last)")[0].strip()
+        return f"{head} {lines[-1]}".strip()
+    return " ".join(" ".join(lines).split())
+
+
+def _fail(message: str, status: int = USAGE_ERROR) -> None:
+    print("error: " + _one_line(message), file=sys.stderr)
+    sys.exit(status)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing (config file + overrides) with one-line errors and exit status 2."""
+    try:
+        remaining = FLAGS(argv)
+    except flags.Error as error:
+        _fail(str(error))
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        # ml_collections raises these for an override of a field the config does not have.
+        text = str(error).replace("\\n", " ").replace("\\'", "'")
+        if len(text) > 1 and text[0] == text[-1] == "'":
+            text = text[1:-1]
+        _fail(f"bad --config override: {text}")
+    if FLAGS.config is None:
+        _fail("--config is required, e.g. --config configs/adapt.py:hzmetro")
+    return remaining
+
+
+def _describe(run_config, task, num_params: int) -> str:
+    from factost_jax.data.st_pipeline import select_train_windows
+
+    data = run_config.data
+    subset = select_train_windows(task.dataset, data).summary()
+    model = ("stid" if run_config.model == "stid"
+             else f"factost (d={run_config.backbone.d_model}, layers={run_config.backbone.num_layers}, "
+                  f"trainable={run_config.trainable}, init_from={run_config.init_from})")
+    replay = (f"memory {subset['memory_windows']} + current {subset['current_windows']}, replay {data.replay_ratio}"
+              if data.replay_ratio > 0 else "no replay")
+    return (f"dataset {task.dataset.name}: N={task.dataset.num_nodes}, {data.input_len}->{data.horizon}; "
+            f"train windows {subset['selected_windows']} of {subset['train_windows']} "
+            f"({data.few_shot_ratio:g}, {data.few_shot_selection}; {replay})\n"
+            f"model: {model}; {num_params:,} params")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected positional arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    import jax
+
+    try:
+        initialize_from_flags(FLAGS)
+    except ValueError as error:
+        _fail(str(error))
+    from factost_jax.eval.evaluate import format_table
+    from factost_jax.model.encoder import count_params
+    from factost_jax.train.loop import RunConfigError, TrainingDivergedError, prepare_workdir
+    from factost_jax.train.stage2 import METRICS_JSON, make_task, run_adaptation, validate_adapt_config
+
+    is_main = jax.process_index() == 0
+    try:
+        run_config = validate_adapt_config(FLAGS.config)
+        # Reads (and checks) the init checkpoint before anything is written to the workdir.
+        task = make_task(run_config, FLAGS.workdir)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    num_params = count_params(jax.eval_shape(task.init_params, jax.random.key(0)))
+    if is_main:
+        print(_describe(run_config, task, num_params), flush=True)
+    if FLAGS.dry_run:
+        print(f"params: {num_params}")
+        return
+    if not FLAGS.workdir:
+        _fail("--workdir is required (the run directory; rerunning resumes from its checkpoints)")
+    try:
+        workdir = prepare_workdir(FLAGS.workdir)
+    except RunConfigError as error:
+        _fail(str(error))
+    try:
+        result = run_adaptation(run_config, workdir, task=task, progress=is_main and run_config.train.progress)
+    except (RunConfigError, FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    except TrainingDivergedError as error:
+        _fail(str(error), status=TRAINING_ERROR)
+    if result.get("preempted"):
+        return  # the loop printed where it saved; rerunning the command resumes
+    if is_main:
+        adaptation = result["adaptation"]
+        print(f"best step {adaptation['best_step']} (val MAE {adaptation['best_val_MAE']:.4f}) of "
+              f"{adaptation['steps_run']} steps{' (stopped early)' if adaptation['stopped_early'] else ''}")
+        print(format_table(result))
+        print(f"wrote {workdir / METRICS_JSON}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
