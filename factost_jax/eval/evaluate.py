@@ -206,14 +206,28 @@ def pretraining_overlap(metadata: dict[str, Any], dataset_name: str) -> list[str
     return sorted(corpus & _same_source(canonical_name(dataset_name)))
 
 
+def _last_observed_context(history: np.ndarray, start: int, input_len: int, max_context: int) -> np.ndarray:
+    """The context for a node whose input window `[start - input_len, start)` is all missing.
+
+    `history` is the node's whole series [T]. Returns the `input_len` steps ending at the last
+    observation before `start`, followed by the missing gap up to `start` (so the model sees how
+    long the gap is), capped at `max_context` steps; all NaN when nothing before `start` is observed.
+    """
+    observed = np.flatnonzero(np.isfinite(history[:start]))
+    if observed.size == 0:
+        return history[max(0, start - input_len):start]
+    begin = max(0, int(observed[-1]) + 1 - input_len, start - max_context)
+    return history[begin:start]
+
+
 def checkpoint_predictor(forecaster: Any, dataset: STDataset,
                          rows_per_call: int = CHECKPOINT_ROWS_PER_CALL) -> Callable[[WindowBatch], ForecastOutput]:
     """`WindowBatch -> (median [B, H, N], quantiles [B, H, N, Q], levels [Q])` of a `Forecaster`.
 
     Stage 1: channel independent, one series per (window, node). A node whose whole input window is
-    unobserved is given the last `max_context_length` steps before the window instead (as the
-    baselines fall back to earlier observations); with nothing observed there either it is forecast
-    from no information.
+    unobserved is given its last `input_len` observed steps before the window and the gap after
+    them instead (as the baselines fall back to earlier observations); with nothing observed
+    before the window it is forecast from no information.
     Stage 2: whole windows through the adapter with the windows' calendar.
     """
     levels = forecaster.quantile_levels
@@ -231,18 +245,20 @@ def checkpoint_predictor(forecaster: Any, dataset: STDataset,
         windows, length, nodes = batch.context.shape
         series = np.swapaxes(batch.context, 1, 2).reshape(windows * nodes, length)
         empty = np.flatnonzero(~np.isfinite(series).any(axis=1))
-        inputs: Any = series
-        if empty.size:
-            inputs = list(series)
-            for row in empty:
-                window, node = divmod(int(row), nodes)
-                start = int(batch.target_start[window])
-                inputs[row] = batch.values_full[max(0, start - max_context):start, node]  # start >= L >= 1
-        out = forecaster.forecast(inputs, batch.horizon, quantiles=levels, batch_size=rows_per_call,
+        out = forecaster.forecast(series, batch.horizon, quantiles=levels, batch_size=rows_per_call,
                                   progress=False, allow_unobserved=True)
-        median = out.median.reshape(windows, nodes, -1).transpose(0, 2, 1)
-        quantiles = out.quantiles.reshape(windows, nodes, batch.horizon, -1).transpose(0, 2, 1, 3)
-        return median, quantiles, out.quantile_levels
+        median, quantiles = np.array(out.median), np.array(out.quantiles)  # [W*N, H], [W*N, H, Q]
+        if empty.size:
+            # A separate call: padded together with the dense rows, these longer contexts would
+            # make every row of the batch pay for the longest one.
+            fallback = [_last_observed_context(batch.values_full[:, row % nodes], int(batch.target_start[row // nodes]),
+                                               length, max_context) for row in empty]
+            redo = forecaster.forecast(fallback, batch.horizon, quantiles=levels, batch_size=rows_per_call,
+                                       progress=False, allow_unobserved=True)
+            median[empty], quantiles[empty] = redo.median, redo.quantiles
+        median = median.reshape(windows, nodes, -1)
+        quantiles = quantiles.reshape(windows, nodes, batch.horizon, -1)
+        return median.transpose(0, 2, 1), quantiles.transpose(0, 2, 1, 3), out.quantile_levels
 
     return predict_stage1 if forecaster.stage == 1 else predict_stage2
 
