@@ -66,7 +66,7 @@ def list_steps(checkpoints_dir: str | pathlib.Path) -> list[int]:
 
 
 def _step_of(step_dir: pathlib.Path) -> int:
-    metadata = json.loads((step_dir / METADATA_ITEM / METADATA_FILE).read_text())
+    metadata = read_step_metadata(step_dir)
     if "step" in metadata:
         return int(metadata["step"])
     if step_dir.name.isdigit():
@@ -98,7 +98,7 @@ def find_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
 def read_metadata(path: str | pathlib.Path) -> dict[str, Any]:
     """The JSON metadata of the checkpoint `find_checkpoint(path)` selects."""
     step_dir, _ = find_checkpoint(path)
-    return json.loads((step_dir / METADATA_ITEM / METADATA_FILE).read_text())
+    return read_step_metadata(step_dir)
 
 
 def model_config_from_metadata(metadata: Mapping[str, Any], where: str = "checkpoint") -> ModelConfig:
@@ -155,11 +155,50 @@ def _to_float32(tree: Any) -> Any:
 
 def load_inference_params(path: str | pathlib.Path) -> tuple[ModelConfig, Any]:
     """(ModelConfig, params) from a checkpoint: params only, host numpy float32 (bf16 files are upcast)."""
-    step_dir, _ = find_checkpoint(path)
-    metadata = json.loads((step_dir / METADATA_ITEM / METADATA_FILE).read_text())
-    config = model_config_from_metadata(metadata, where=str(step_dir))
-    params = _to_float32(_restore_params_to_host(step_dir / PARAMS_ITEM))
+    _, _, config, params = load_latest_readable(path)
     return config, params
+
+
+def _load_step(step_dir: pathlib.Path) -> tuple[dict[str, Any], ModelConfig, Any]:
+    metadata = read_step_metadata(step_dir)
+    config = model_config_from_metadata(metadata, where=str(step_dir))
+    try:
+        params = _restore_params_to_host(step_dir / PARAMS_ITEM)
+    except Exception as err:  # noqa: BLE001 - Orbax / TensorStore raise many types for a damaged file
+        reason = " ".join(str(err).split())[:300]
+        raise UnreadableCheckpointError(f"cannot read checkpoint params {step_dir / PARAMS_ITEM}: "
+                                        f"{type(err).__name__}: {reason}") from None
+    return metadata, config, _to_float32(params)
+
+
+def load_latest_readable(path: str | pathlib.Path) -> tuple[pathlib.Path, dict[str, Any], ModelConfig, Any]:
+    """(step_dir, metadata, ModelConfig, float32 host params) of the newest checkpoint that reads back.
+
+    For a workdir or `checkpoints/` directory, a latest step that is truncated or corrupt is
+    reported by path in a warning and the previous step is used, as training does when it resumes.
+    A step directory given explicitly must itself be readable.
+
+    Raises:
+      FileNotFoundError: nothing that looks like a checkpoint at `path`.
+      UnreadableCheckpointError: the given step (or every step found) cannot be read.
+    """
+    import warnings
+
+    step_dir, _ = find_checkpoint(path)
+    if step_dir == pathlib.Path(path).expanduser():
+        return (step_dir, *_load_step(step_dir))
+    failures = []
+    for step in reversed(list_steps(step_dir.parent)):
+        candidate = step_dir.parent / str(step)
+        try:
+            loaded = _load_step(candidate)
+        except UnreadableCheckpointError as err:
+            failures.append(str(err))
+            continue
+        for failure in failures:
+            warnings.warn(f"skipped an unreadable checkpoint: {failure}; using step {step}", stacklevel=2)
+        return (candidate, *loaded)
+    raise UnreadableCheckpointError(f"no readable checkpoint under {path}: " + "; ".join(failures))
 
 
 def _fetch_to_host(tree: Any) -> Any:

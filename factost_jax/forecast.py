@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
-# XLA flags that docs/performance.md finds faster for CPU inference, appended to XLA_FLAGS by
-# `_configure_runtime()`. Empty today: no flag measured so far helps inference.
+# Process-wide XLA flags for inference, appended to XLA_FLAGS by `_configure_runtime()`. Empty: the
+# one setting measured to help CPU inference (YNNPACK fusion off, docs/performance.md) is applied per
+# program by `encoder.jitted_apply`, so training in the same process keeps its own best setting.
 INFERENCE_XLA_FLAGS: tuple[str, ...] = ()
 
 
@@ -371,17 +372,20 @@ class Forecaster:
     def load(cls, path: str | os.PathLike) -> Forecaster:
         """A workdir, its checkpoints dir, a step dir, or a shipped name like "factost-tiny".
 
-        The latest finished step is used; the model (and adapter) config come from the checkpoint's
-        own metadata.
+        The latest finished step is used (past a truncated or corrupt one, with a warning naming
+        it); the model (and adapter) config come from the checkpoint's own metadata.
         """
-        step_dir, _ = ckpt_io.find_checkpoint(resolve_checkpoint_path(path))
-        metadata = ckpt_io.read_metadata(step_dir)
-        model_kind = (metadata.get("model_config") or {}).get("kind") if isinstance(metadata.get("model_config"), dict) \
-            else None
+        resolved = resolve_checkpoint_path(path)
+        latest, _ = ckpt_io.find_checkpoint(resolved)
+        try:
+            model_config = ckpt_io.read_step_metadata(latest).get("model_config")
+        except ckpt_io.UnreadableCheckpointError:
+            model_config = None  # load_latest_readable reports it and falls back
+        model_kind = model_config.get("kind") if isinstance(model_config, dict) else None
         if model_kind is not None:
-            raise ValueError(f"checkpoint {step_dir} holds a {model_kind!r} model, not FactoST; the Forecaster serves "
+            raise ValueError(f"checkpoint {latest} holds a {model_kind!r} model, not FactoST; the Forecaster serves "
                              "FactoST stage-1 and stage-2 checkpoints")
-        config, params = ckpt_io.load_inference_params(step_dir)
+        step_dir, metadata, config, params = ckpt_io.load_latest_readable(resolved)
         adapter_config = None
         if ADAPTER_KEY in params:
             adapter_values = _adapter_config_dict(metadata)
