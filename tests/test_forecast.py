@@ -80,6 +80,25 @@ def test_load_workdir_checkpoints_dir_step_dir_and_shipped_name(workdir, forecas
         Forecaster.load(str(workdir / "missing"))
 
 
+@pytest.mark.parametrize("damage", ["truncate_params", "empty_metadata"])
+def test_load_falls_back_past_an_unreadable_latest_checkpoint(tmp_path, damage):
+    for step in (2, 4):
+        save_inference_checkpoint(tmp_path / "checkpoints" / str(step), CONFIG, stage1_params(), {"step": step})
+    latest = tmp_path / "checkpoints" / "4"
+    if damage == "truncate_params":
+        data_files = [p for p in (latest / "params").rglob("*") if p.is_file() and p.parent.name == "d"]
+        assert data_files
+        for path in data_files:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        (latest / "metadata" / "metadata").write_text("")
+    with pytest.warns(UserWarning, match=f"skipped an unreadable checkpoint: cannot read checkpoint .*{latest}"):
+        loaded = Forecaster.load(tmp_path)
+    assert loaded.path == tmp_path / "checkpoints" / "2" and loaded.metadata["step"] == 2
+    with pytest.raises(ValueError, match=f"cannot read checkpoint .*{latest}"):  # named explicitly: no fallback
+        Forecaster.load(latest)
+
+
 # ----------------------------------------------------------------------------- stage 1 forecasts
 
 
@@ -354,6 +373,28 @@ def test_stage2_checkpoint_forecast_network(tmp_path, forecaster):
 
 
 # ----------------------------------------------------------------------------- zero-shot evaluation
+
+
+def test_stage1_evaluation_falls_back_for_an_unobserved_window(forecaster):
+    """A node with no observation in its input window is forecast from its last observed steps and
+    the gap after them, in a call of its own; the other nodes are untouched by it."""
+    values = np.stack([seasonal(96, seed=s) for s in range(3)], axis=1).astype(np.float32)  # [T, N]
+    values[60:90, 1] = np.nan  # node 1: a 30-step gap covering the whole 12-step input window
+    values[:, 2] = np.nan  # node 2: never observed
+    start, input_len = 90, 12
+    batch = WindowBatch(context=values[None, start - input_len:start], target_start=np.array([start]),
+                        values_full=values, context_time_of_day=np.zeros((1, input_len), int),
+                        context_day_of_week=np.zeros((1, input_len), int),
+                        future_time_of_day=np.zeros((1, 6), int), future_day_of_week=np.zeros((1, 6), int))
+    median, quantiles, _ = checkpoint_predictor(forecaster, types.SimpleNamespace(steps_per_day=24))(batch)
+    assert median.shape == (1, 6, 3) and quantiles.shape == (1, 6, 3, CONFIG.num_quantiles)
+    assert np.isfinite(quantiles).all()
+    expected = forecaster.forecast([values[78:90, 0], values[48:90, 1], values[78:90, 2]], horizon=6,
+                                   quantiles=CONFIG.quantile_levels, allow_unobserved=True)
+    np.testing.assert_allclose(median[0], expected.median.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(quantiles[0], expected.quantiles.transpose(1, 0, 2), rtol=1e-5, atol=1e-5)
+
+
 
 
 def test_pretraining_overlap_from_metadata():
