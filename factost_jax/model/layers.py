@@ -10,6 +10,8 @@ torch Linear), zero biases, RMSNorm scale 1.
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -56,7 +58,13 @@ class Linear(nn.Module):
             (*in_shape, *self.features),
             jnp.float32,
         )
-        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_ndim)
+        # One 2-D dot on flattened rows instead of tensordot on the N-D array: XLA:CPU then gives
+        # the backward weight-gradient dots transposed-operand flags instead of separate transposing
+        # fusions (1.1-1.4x faster training steps, docs/performance.md).
+        lead_shape = x.shape[: x.ndim - self.in_ndim]
+        rows = x.astype(self.dtype).reshape(-1, math.prod(in_shape))
+        flat_kernel = kernel.astype(self.dtype).reshape(math.prod(in_shape), math.prod(self.features))
+        y = (rows @ flat_kernel).reshape(*lead_shape, *self.features)
         if self.use_bias:
             bias = self.param(
                 "bias",
