@@ -15,16 +15,12 @@ exits 1; one stopped by SIGTERM / SIGINT saves a checkpoint and exits 0 without 
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from factost_jax.cli import TRAINING_ERROR, fail, flag_parser, reject_positional
 from factost_jax.train.distributed import define_flags as define_distributed_flags
 from factost_jax.train.distributed import initialize_from_flags
-
-USAGE_ERROR = 2
-TRAINING_ERROR = 1
 
 config_flags.DEFINE_config_file("config", None, "Adaptation config file, e.g. configs/adapt.py:hzmetro.",
                                 lock_config=True)
@@ -33,39 +29,6 @@ flags.DEFINE_bool("dry_run", False, "Validate, build the task, print `params: N`
 
 FLAGS = flags.FLAGS
 define_distributed_flags(FLAGS)
-
-
-def _one_line(message: str) -> str:
-    """Collapse a message to one line; a quoted traceback is reduced to its final exception line."""
-    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
-    if not lines:
-        return "unknown error"
-    if any("Traceback (most recent call last)" in line for line in lines):
-        head = lines[0].split("Traceback (most recent call last)")[0].strip()
-        return f"{head} {lines[-1]}".strip()
-    return " ".join(" ".join(lines).split())
-
-
-def _fail(message: str, status: int = USAGE_ERROR) -> None:
-    print("error: " + _one_line(message), file=sys.stderr)
-    sys.exit(status)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing (config file + overrides) with one-line errors and exit status 2."""
-    try:
-        remaining = FLAGS(argv)
-    except flags.Error as error:
-        _fail(str(error))
-    except (AttributeError, KeyError, TypeError, ValueError) as error:
-        # ml_collections raises these for an override of a field the config does not have.
-        text = str(error).replace("\\n", " ").replace("\\'", "'")
-        if len(text) > 1 and text[0] == text[-1] == "'":
-            text = text[1:-1]
-        _fail(f"bad --config override: {text}")
-    if FLAGS.config is None:
-        _fail("--config is required, e.g. --config configs/adapt.py:hzmetro")
-    return remaining
 
 
 def _describe(run_config, task, num_params: int) -> str:
@@ -85,15 +48,14 @@ def _describe(run_config, task, num_params: int) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        _fail(f"unexpected positional arguments: {' '.join(argv[1:])}")
+    reject_positional(argv)
     logging.set_verbosity(logging.WARNING)
     import jax
 
     try:
         initialize_from_flags(FLAGS)
     except ValueError as error:
-        _fail(str(error))
+        fail(str(error))
     from factost_jax.eval.evaluate import format_table
     from factost_jax.model.encoder import count_params
     from factost_jax.train.loop import RunConfigError, TrainingDivergedError, prepare_workdir
@@ -105,7 +67,7 @@ def main(argv: list[str]) -> None:
         # Reads (and checks) the init checkpoint before anything is written to the workdir.
         task = make_task(run_config, FLAGS.workdir)
     except (ValueError, FileNotFoundError) as error:
-        _fail(str(error))
+        fail(str(error))
     num_params = count_params(jax.eval_shape(task.init_params, jax.random.key(0)))
     if is_main:
         print(_describe(run_config, task, num_params), flush=True)
@@ -113,17 +75,17 @@ def main(argv: list[str]) -> None:
         print(f"params: {num_params}")
         return
     if not FLAGS.workdir:
-        _fail("--workdir is required (the run directory; rerunning resumes from its checkpoints)")
+        fail("--workdir is required (the run directory; rerunning resumes from its checkpoints)")
     try:
         workdir = prepare_workdir(FLAGS.workdir)
     except RunConfigError as error:
-        _fail(str(error))
+        fail(str(error))
     try:
         result = run_adaptation(run_config, workdir, task=task, progress=is_main and run_config.train.progress)
     except (RunConfigError, FileNotFoundError, ValueError) as error:
-        _fail(str(error))
+        fail(str(error))
     except TrainingDivergedError as error:
-        _fail(str(error), status=TRAINING_ERROR)
+        fail(str(error), status=TRAINING_ERROR)
     if result.get("preempted"):
         return  # the loop printed where it saved; rerunning the command resumes
     if is_main:
@@ -135,4 +97,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=flag_parser(FLAGS, "configs/adapt.py:hzmetro"))

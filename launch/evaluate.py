@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
 from absl import app, flags, logging
 
+from factost_jax.cli import fail, flag_parser, reject_positional
 from factost_jax.eval import baselines
 from factost_jax.eval.evaluate import (
     format_comparison,
@@ -32,8 +32,6 @@ from factost_jax.eval.evaluate import (
     plot_evaluation_windows,
     run_evaluation,
 )
-
-USAGE_ERROR = 2
 
 flags.DEFINE_string("dataset", None, "Dataset name, e.g. HZMETRO, HZMETRO:out, LOS-LOOP, ETTh2.")
 flags.DEFINE_enum("model", None, sorted(baselines.BASELINES), "Baseline to evaluate.")
@@ -55,19 +53,6 @@ flags.mark_flags_as_mutual_exclusive(["model", "checkpoint"], required=True)
 FLAGS = flags.FLAGS
 
 
-def _fail(message: str) -> None:
-    print("error: " + " ".join(str(message).split()), file=sys.stderr)
-    sys.exit(USAGE_ERROR)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with one-line errors and exit status 2 instead of a usage dump."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        _fail(str(error))
-
-
 def _common_kwargs() -> dict:
     return {"split": FLAGS.split, "data_dir": FLAGS.data_dir, "channel": FLAGS.channel}
 
@@ -87,8 +72,7 @@ def _baseline_results(skip: str | None) -> list[dict]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        _fail(f"unexpected positional arguments: {' '.join(argv[1:])}")
+    reject_positional(argv)
     logging.set_verbosity(logging.ERROR)  # Orbax logs every restore at INFO/WARNING; errors stay one line
     try:
         result = run_evaluation(FLAGS.dataset, FLAGS.model, FLAGS.input_len, FLAGS.horizon,
@@ -101,7 +85,7 @@ def main(argv: list[str]) -> None:
                                                  FLAGS.plot, checkpoint=FLAGS.checkpoint,
                                                  allow_overlap=FLAGS.allow_overlap, **_common_kwargs())
     except (ValueError, FileNotFoundError) as error:
-        _fail(str(error))
+        fail(str(error))
     print(format_table(result))
     if compared is not None:
         evaluated = [result, *(r for r in compared if "error" not in r)]
@@ -121,4 +105,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=flag_parser(FLAGS))

@@ -10,9 +10,9 @@ model has seen). The result loads with `Forecaster.load(OUTPUT)` and works as `-
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
+
+from factost_jax.cli import fail, flag_parser, reject_positional
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Training workdir, its checkpoints/ dir, or one step dir.")
@@ -49,17 +49,15 @@ def export(checkpoint: str, output: str, dtype: str, data_dir: str | None) -> st
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    reject_positional(argv)
     if not FLAGS.checkpoint or not FLAGS.output:
-        print("error: --checkpoint and --output are required", file=sys.stderr)
-        raise SystemExit(2)
+        fail("--checkpoint and --output are required")
     try:
         path = export(FLAGS.checkpoint, FLAGS.output, FLAGS.dtype, FLAGS.data_dir)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
     print(f"exported {FLAGS.checkpoint} -> {path}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=flag_parser(FLAGS))

@@ -16,16 +16,12 @@ stopped by SIGTERM / SIGINT after saving a checkpoint ("preempted at step N; che
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from factost_jax.cli import TRAINING_ERROR, fail, flag_parser, reject_positional
 from factost_jax.train.distributed import define_flags as define_distributed_flags
 from factost_jax.train.distributed import initialize_from_flags
-
-USAGE_ERROR = 2
-TRAINING_ERROR = 1
 
 config_flags.DEFINE_config_file("config", None, "Pretraining config file, e.g. configs/pretrain.py:tiny.",
                                 lock_config=True)
@@ -34,39 +30,6 @@ flags.DEFINE_bool("dry_run", False, "Build the model, print `params: N` and exit
 
 FLAGS = flags.FLAGS
 define_distributed_flags(FLAGS)
-
-
-def _one_line(message: str) -> str:
-    """Collapse a message to one line; a quoted traceback is reduced to its final exception line."""
-    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
-    if not lines:
-        return "unknown error"
-    if any("Traceback (most recent call last)" in line for line in lines):
-        head = lines[0].split("Traceback (most recent call last)")[0].strip()
-        return f"{head} {lines[-1]}".strip()
-    return " ".join(" ".join(lines).split())
-
-
-def _fail(message: str, status: int = USAGE_ERROR) -> None:
-    print("error: " + _one_line(message), file=sys.stderr)
-    sys.exit(status)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing (config file + overrides) with one-line errors and exit status 2."""
-    try:
-        remaining = FLAGS(argv)
-    except flags.Error as error:
-        _fail(str(error))
-    except (AttributeError, KeyError, TypeError, ValueError) as error:
-        # ml_collections raises these for an override of a field the config does not have.
-        text = str(error).replace("\\n", " ").replace("\\'", "'")
-        if len(text) > 1 and text[0] == text[-1] == "'":
-            text = text[1:-1]
-        _fail(f"bad --config override: unknown field {text}")
-    if FLAGS.config is None:
-        _fail("--config is required, e.g. --config configs/pretrain.py:tiny")
-    return remaining
 
 
 def _print_corpus(data_config) -> None:
@@ -81,15 +44,14 @@ def _print_corpus(data_config) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        _fail(f"unexpected positional arguments: {' '.join(argv[1:])}")
+    reject_positional(argv)
     logging.set_verbosity(logging.WARNING)  # keep backend-probing INFO lines off the console
     import jax
 
     try:
         initialize_from_flags(FLAGS)
     except ValueError as error:
-        _fail(str(error))
+        fail(str(error))
     from factost_jax.model.encoder import count_params
     from factost_jax.train.loop import RunConfigError, TrainingDivergedError, prepare_workdir, train_and_evaluate
     from factost_jax.train.tasks import PretrainTask, validate_pretrain_config
@@ -99,17 +61,11 @@ def main(argv: list[str]) -> None:
         run_config = validate_pretrain_config(FLAGS.config)
         task = PretrainTask(run_config)
     except (ValueError, FileNotFoundError) as error:
-        _fail(str(error))
+        fail(str(error))
     num_params = count_params(jax.eval_shape(task.init_params, jax.random.key(0)))
     if FLAGS.dry_run:
         print(f"params: {num_params}")
         return
-    if not FLAGS.workdir:
-        _fail("--workdir is required (the run directory; rerunning resumes from its checkpoints)")
-    try:
-        workdir = prepare_workdir(FLAGS.workdir)
-    except RunConfigError as error:
-        _fail(str(error))
     if is_main:
         print(f"model: {run_config.model_size} ({num_params:,} params, compute {run_config.model.compute_dtype}); "
               f"devices: {jax.device_count()} {jax.default_backend()}; mesh {run_config.mesh.shape}")
@@ -117,19 +73,25 @@ def main(argv: list[str]) -> None:
         if is_main:
             _print_corpus(run_config.data)
     except (ValueError, FileNotFoundError) as error:
-        _fail(str(error))
+        fail(str(error))
+    if not FLAGS.workdir:
+        fail("--workdir is required (the run directory; rerunning resumes from its checkpoints)")
+    try:
+        workdir = prepare_workdir(FLAGS.workdir)
+    except RunConfigError as error:
+        fail(str(error))
     try:
         summary = train_and_evaluate(task, run_config, workdir)
     except RunConfigError as error:
-        _fail(str(error))
+        fail(str(error))
     except TrainingDivergedError as error:
-        _fail(str(error), status=TRAINING_ERROR)
+        fail(str(error), status=TRAINING_ERROR)
     except FileNotFoundError as error:
-        _fail(str(error))
+        fail(str(error))
     if is_main and not summary.get("preempted"):  # a preempted run already printed where it stopped
         shown = {k: summary[k] for k in ("step", "loss", "eval_loss", "params_sha256") if summary.get(k) is not None}
         print("done: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=flag_parser(FLAGS, "configs/pretrain.py:tiny"))

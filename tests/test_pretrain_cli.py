@@ -56,6 +56,7 @@ def test_debug_run_exits_zero_loss_falls_and_rerun_resumes(repo_root, data_dir, 
         (["--config.mesh.shape=2,2"], "error: mesh.shape"),
         (["--config.model.size=huge"], "error: model: unknown model size 'huge'"),
         (["--config.train.stepz=3"], "error: bad --config override: unknown field 'stepz'"),
+        (["--config.data.data_dir=/nonexistent/data"], "error: data.data_dir='/nonexistent/data' is not a directory"),
     ],
 )
 def test_bad_config_values_print_one_line_and_exit_2(repo_root, tmp_path, extra, message):
@@ -63,6 +64,7 @@ def test_bad_config_values_print_one_line_and_exit_2(repo_root, tmp_path, extra,
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert not (tmp_path / "w").exists()  # refused before anything was written
 
 
 def test_unusable_workdir_exits_2(repo_root, tmp_path):

@@ -490,6 +490,10 @@ def _plan_corpus(config: PretrainDataConfig, *, resolve_real: bool = False) -> t
 
 def _resolve_real(plan: _ComponentPlan, config: PretrainDataConfig, exclusions: frozenset[str],
                   named: set[str], formats) -> _ComponentPlan:
+    if config.data_dir is not None and not os.path.isdir(config.data_dir):
+        # A directory the user named must exist: silently training on KernelSynth alone would waste the run.
+        raise FileNotFoundError(f"data.data_dir={config.data_dir!r} is not a directory (expected the real-data "
+                                "directory, e.g. ../shared/data; leave it unset to use $FACTOST_DATA_DIR)")
     try:
         present = formats.list_datasets(config.data_dir)
     except FileNotFoundError as error:

@@ -1,0 +1,69 @@
+"""What every `launch/` script shares: one-line user errors, exit statuses, absl flag parsing.
+
+A user error (bad flag, bad config override, missing file) is printed as one line `error: ...` on
+stderr and exits with status 2; a training run stopped by non-finite losses exits with 1. absl's
+own handling would print a usage dump or a traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, NoReturn
+
+from absl import flags
+
+USAGE_ERROR = 2
+TRAINING_ERROR = 1
+
+
+def one_line(message: str) -> str:
+    """Collapses a message to one line; a quoted traceback is reduced to its final exception line."""
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    if not lines:
+        return "unknown error"
+    if any("Traceback (most recent call last)" in line for line in lines):
+        head = lines[0].split("Traceback (most recent call last)")[0].strip()
+        return f"{head} {lines[-1]}".strip()
+    return " ".join(" ".join(lines).split())
+
+
+def fail(message: str, status: int = USAGE_ERROR) -> NoReturn:
+    """Prints `error: <message on one line>` to stderr and exits with `status`."""
+    print("error: " + one_line(message), file=sys.stderr)
+    sys.exit(status)
+
+
+def flag_parser(flag_values: flags.FlagValues = flags.FLAGS,
+                config_example: str | None = None) -> Callable[[list[str]], list[str]]:
+    """An `app.run(..., flags_parser=...)` that turns flag errors into one line and exit status 2.
+
+    With `config_example` (e.g. "configs/pretrain.py:tiny") the script has an ml_collections
+    `--config` flag: it is required, and an override of a field the config lacks is reported as
+    such instead of ml_collections' exception.
+    """
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            remaining = flag_values(argv)
+        except flags.Error as error:
+            fail(str(error))
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            if config_example is None:
+                raise
+            # ml_collections raises these for an override of a field the config does not have.
+            text = str(error).replace("\\n", " ").replace("\\'", "'")
+            if len(text) > 1 and text[0] == text[-1] == "'":
+                text = text[1:-1]
+            unknown = isinstance(error, (AttributeError, KeyError))
+            fail(f"bad --config override: {'unknown field ' if unknown else ''}{text}")
+        if config_example is not None and flag_values["config"].value is None:
+            fail(f"--config is required, e.g. --config {config_example}")
+        return remaining
+
+    return parse
+
+
+def reject_positional(argv: list[str]) -> None:
+    """Fails on positional arguments after the program name (a mistyped flag usually)."""
+    if len(argv) > 1:
+        fail(f"unexpected positional arguments: {' '.join(argv[1:])}")
