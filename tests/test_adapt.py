@@ -315,5 +315,5 @@ def test_launcher_user_error_writes_nothing(repo_root, tmp_path):
     workdir = tmp_path / "never"
     missing = _launch(repo_root, *_cli_args(tmp_path / "no-such-checkpoint", workdir))
     assert missing.returncode == 2
-    assert missing.stderr.strip().splitlines()[-1].startswith("error: checkpoint path")
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: init_from: checkpoint path")
     assert not workdir.exists()

@@ -37,11 +37,10 @@ PRETRAIN_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def cli_env(tmp_path_factory):
+def cli_env():
     env = dict(os.environ)
     env.update(
         JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla_cache")),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )

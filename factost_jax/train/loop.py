@@ -525,10 +525,13 @@ def train_and_evaluate(task: Task, config: Any, workdir: str | pathlib.Path) -> 
             def make_data_iter() -> Any:
                 return iter(task.train_dataset(jax.process_index(), jax.process_count()))
 
+            # Any step listed means a resume: `_initial_state` restores one of them or raises. A run
+            # preempted before its first update resumes from a checkpoint of step 0, which is not a fresh start.
+            resumed = bool(manager.all_steps())
             state, start_step, data_iter = _initial_state(task, setup, manager, make_data_iter, init_rng, say)
             if is_main:
                 # A fresh start drops every row a crashed earlier attempt logged (even a step-0 evaluation).
-                truncate_metrics_after(workdir / METRICS_FILE, start_step if start_step else -1)
+                truncate_metrics_after(workdir / METRICS_FILE, start_step if resumed else -1)
             writer = MetricWriter(workdir, enabled=is_main)
             metadata = {
                 "stage": task.name,
@@ -543,7 +546,8 @@ def train_and_evaluate(task: Task, config: Any, workdir: str | pathlib.Path) -> 
             )
             try:
                 state, summary = _run_steps(task, train_cfg, setup, state, start_step, data_iter, dropout_rng,
-                                            manager, metadata, writer, progress, say, preemption)
+                                            manager, metadata, writer, progress, say, preemption,
+                                            fresh_start=not resumed)
             finally:
                 progress.close()
             manager.wait_until_finished()
@@ -767,6 +771,7 @@ def _run_steps(
     progress: Any,
     say: Callable[[str], None],
     preemption: PreemptionGuard | None = None,
+    fresh_start: bool = True,
 ) -> tuple[TrainState, dict[str, Any]]:
     train_step, eval_step = _jit_steps(task, setup)
     reporter = _Reporter(train_cfg, start_step, writer, progress, manager)
@@ -774,7 +779,9 @@ def _run_steps(
     seen_shapes: set[Any] = set()
     step = start_step
     evaluate_params = getattr(task, "evaluate_params", None)
-    if evaluate_params is not None and start_step == 0:
+    # Only on a fresh start: a checkpoint of step 0 (preempted before the first update) already holds
+    # this evaluation in its task state, and repeating it would count it twice for early stopping.
+    if evaluate_params is not None and fresh_start:
         reporter.log_eval(0, evaluate_params(state.params, 0))
     stopped_early = _task_should_stop(task)
     preempted = False

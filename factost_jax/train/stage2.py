@@ -136,7 +136,8 @@ def _build(cls: Any, values: dict[str, Any], section: str) -> Any:
 
 
 def resolve_init_from(init_from: str | None, model: str) -> str | None:
-    """`init_from` as given, else the shipped `checkpoints/factost-tiny` when it exists (model factost).
+    """`init_from` (a path or a shipped name like "factost-tiny"), else the shipped
+    `checkpoints/factost-tiny` when it exists (model factost).
 
     Raises ValueError when FactoST has nothing to start from, or when STID is given one.
     """
@@ -145,7 +146,12 @@ def resolve_init_from(init_from: str | None, model: str) -> str | None:
             raise ValueError(f"init_from ({init_from}) is only used by model='factost'; STID trains from scratch")
         return None
     if init_from:
-        return str(init_from)
+        from factost_jax.forecast import resolve_checkpoint_path
+
+        try:  # a path, or a shipped name such as "factost-tiny"
+            return str(resolve_checkpoint_path(init_from))
+        except FileNotFoundError as error:
+            raise ValueError(f"init_from: {error}") from None
     for root in (pathlib.Path.cwd(), pathlib.Path(__file__).resolve().parents[2]):
         if (root / DEFAULT_INIT_FROM).is_dir():
             return str(root / DEFAULT_INIT_FROM)
@@ -467,8 +473,9 @@ class _Stage2Task:
         checkpointer.save(root / str(step), args=ocp.args.StandardSave(_fetch_to_host(params)), force=True)
         checkpointer.close()
         if jax.process_index() == 0:
+            # Older bests, and `<step>.orbax-checkpoint-tmp-*` left by a save cut off by a kill.
             for old in root.iterdir():
-                if old.name.isdigit() and int(old.name) != step:
+                if old.name != str(step):
                     shutil.rmtree(old, ignore_errors=True)
 
     def restore_best(self) -> tuple[Any, int]:
