@@ -18,13 +18,21 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: install
 	$(PY) launch/demo.py --workdir runs/demo
 
-bench: install
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+# torch (CPU wheel) is a benchmark-only extra: the reference the speed table compares against.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]' --extra-index-url https://download.pytorch.org/whl/cpu
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run.py --quick --output benchmarks/results
+	$(PY) benchmarks/accuracy.py --quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,10 +1,18 @@
 """Test setup: 8 simulated CPU devices (set before jax is imported) and the real-data directory."""
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA cache for the session: a launcher subprocess (and its rerun, which resumes)
+# then loads the programs an earlier run compiled instead of compiling them again.
+_XLA_CACHE_DIR = tempfile.mkdtemp(prefix="factost-tests-xla-cache-")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE_DIR)
+atexit.register(shutil.rmtree, _XLA_CACHE_DIR, True)
 
 import pytest  # noqa: E402
 
