@@ -1,4 +1,4 @@
-"""Stage-1 speed, JAX against the PyTorch reference, side by side: `python benchmarks/run.py [--quick] --output DIR`.
+"""Stage-1 speed, JAX against the PyTorch reference, and stage-2 cost against N: `python benchmarks/run.py [--quick] --output DIR`.
 
 For each model size and phase (train: forward + backward + AdamW at batch 64; infer: zero-shot
 forecast of 256 series; context 2048 = 128 patches, 16 output patches, so 145 tokens) one worker
@@ -13,7 +13,10 @@ Writes:
                      (windows per second, medians over the rounds).
   DIR/speed_meta.json  machine, versions, load, matmul roof, settings, the command line.
   DIR/settings.json  with --ablate: one row per (phase, setting variant) with the JAX / eager ratio.
-Stage-2 scaling (DIR/scaling.json) is not produced yet: the stage-2 benchmark is separate work.
+  DIR/scaling.json   stage-2 step time and XLA memory against the number of nodes with the fitted
+                     exponents (benchmarks/scaling_nodes.py, run in a process of its own after the
+                     speed workers; --quick passes on its --quick). `--skip-scaling` leaves it out,
+                     `--skip-speed` measures only it; `--ablate` never runs it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from benchmarks import common  # noqa: E402
 from benchmarks.speed import MODEL_FRAMEWORKS, RESULT_PREFIX  # noqa: E402
 
 SPEED_SCRIPT = Path(__file__).resolve().parent / "speed.py"
+SCALING_SCRIPT = Path(__file__).resolve().parent / "scaling_nodes.py"
+SCALING_FILE = "scaling.json"
 ALL_MODELS = ("minuscule", "tiny", "small", "base")
 QUICK_MODELS = ("minuscule", "tiny")
 PHASES = ("train", "infer")
@@ -98,7 +103,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="ablation batches are the run's batches divided by this (shorter runs, same per-token work)",
     )
     parser.add_argument("--worker-timeout", type=float, default=1800.0, help="seconds before a worker is abandoned")
+    parser.add_argument("--skip-scaling", action="store_true", help="do not measure stage 2 against N (scaling.json)")
+    parser.add_argument("--skip-speed", action="store_true",
+                        help="only the stage-2 scaling (scaling.json); speed.json and speed_meta.json are left as they are")
     args = parser.parse_args(argv)
+    if args.skip_speed and (args.skip_scaling or args.ablate):
+        parser.error("--skip-speed leaves only the scaling run, which --skip-scaling / --ablate exclude")
     args.models = _choices(
         args.models or ",".join(QUICK_MODELS if args.quick else ALL_MODELS), ("debug", *ALL_MODELS), "--models"
     )
@@ -383,9 +393,34 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def run_scaling(args: argparse.Namespace) -> int:
+    """benchmarks/scaling_nodes.py in a fresh process (its buffers never share one with the speed
+    workers'), at the train phase's process settings; it writes DIR/scaling.json. -> its exit code."""
+    command = [sys.executable, str(SCALING_SCRIPT), "--output", str(args.output)] + (["--quick"] if args.quick else [])
+    print(f"\nstage-2 scaling against N: {' '.join(shlex.quote(part) for part in command[1:])}", flush=True)
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, env=common.worker_env(BEST_SETTINGS["train"]), capture_output=True, text=True,
+                              timeout=args.worker_timeout)  # this cwd: --output may be relative to it
+    except subprocess.TimeoutExpired:
+        print(f"scaling run exceeded --worker-timeout {args.worker_timeout:.0f}s; {SCALING_FILE} not written")
+        return 1
+    if done.returncode != 0:
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])[:500]
+        print(f"scaling run exited {done.returncode}: {tail}")
+        return done.returncode
+    table = done.stdout.strip().splitlines()
+    start = next((i for i, line in enumerate(table) if line.startswith("stage-2 cost against N")), 0)
+    print("\n".join(table[start:]))
+    print(f"scaling run took {time.perf_counter() - started:.0f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.output.mkdir(parents=True, exist_ok=True)
+    if args.skip_speed:
+        return run_scaling(args)
     command = "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     started = time.time()
     meta: dict[str, Any] = {
@@ -406,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     meta["wall_s"] = round(time.time() - started, 1)
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     print(f"wrote {meta_path.parent}/ in {meta['wall_s']:.0f} s")
-    return 0
+    if args.ablate or args.skip_scaling:
+        return 0
+    return run_scaling(args)
 
 
 def _run(args: argparse.Namespace, meta: dict[str, Any]) -> Path:
