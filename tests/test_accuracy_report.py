@@ -1,0 +1,85 @@
+"""benchmarks/accuracy.py: job planning, tables from result JSON, and the generated part of the docs."""
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    spec = importlib.util.spec_from_file_location("accuracy", REPO_ROOT / "benchmarks" / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["accuracy"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _metrics(mae, rmse):
+    return {"avg": {"MAE": mae, "RMSE": rmse, "MAPE": 0.1}}
+
+
+def _zero_shot_result(ours, baselines):
+    results = [{"model": "factost:x", "metrics": _metrics(*ours)}]
+    results += [{"model": name, "metrics": _metrics(*pair)} for name, pair in baselines.items()]
+    return {"model": "factost:x", "metrics": _metrics(*ours), "results": results}
+
+
+def test_jobs_follow_present_data_and_quick(accuracy, tmp_path):
+    args = accuracy.parse_args(["--output", str(tmp_path), "--quick"])
+    jobs = accuracy.zero_shot_jobs(args, {"HZMETRO", "ETTh2", "LOS-LOOP"})
+    assert [job["dataset"] for job in jobs] == ["HZMETRO", "LOS-LOOP"]  # --quick: 12-step sets only
+    args = accuracy.parse_args(["--output", str(tmp_path), "--few_shot_variants", "hzmetro,pems08"])
+    few = accuracy.few_shot_jobs(args, {"HZMETRO"})
+    assert [(job["variant"], job["model"]) for job in few] == [
+        ("hzmetro", "factost_few"), ("hzmetro", "stid_few"), ("hzmetro", "stid_full")]
+    assert "--config.init_from=factost-tiny" in few[0]["command"] and "--config.model=stid" in few[1]["command"]
+    assert "--config.data.few_shot_ratio=1.0" in few[2]["command"]
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--parts", "zero_shot,nope"])
+
+
+def test_tables_count_wins_and_docs_keep_hand_written_text(accuracy, tmp_path):
+    args = accuracy.parse_args(["--output", str(tmp_path)])
+    jobs = accuracy.zero_shot_jobs(args, {"HZMETRO", "LOS-LOOP", "AQI36"})
+    payloads = {
+        "HZMETRO": _zero_shot_result((20.0, 30.0), {"last_value": (23.4, 42.5), "seasonal_naive_week": (13.7, 21.9)}),
+        "LOS-LOOP": _zero_shot_result((4.0, 8.0), {"last_value": (4.41, 8.42)}),
+    }
+    for job in jobs:
+        if job["dataset"] in payloads:
+            job["output"].parent.mkdir(parents=True, exist_ok=True)
+            job["output"].write_text(json.dumps(payloads[job["dataset"]]))
+    lines, wins, total = accuracy.zero_shot_table(jobs)
+    assert (wins, total) == (1, 2)  # AQI36 has no JSON: not counted
+    hz = next(line for line in lines if line.startswith("| HZMETRO"))
+    assert "**20.00 / 30.00**" in hz and "13.70 / 21.90 (seasonal naive (week))" in hz and hz.endswith("| no |")
+    assert next(line for line in lines if line.startswith("| LOS-LOOP")).endswith("| **yes** |")
+
+    docs = tmp_path / "results.md"
+    docs.write_text("# Results\n\nhand-written intro\n")
+    accuracy.write_docs(docs, accuracy.BEGIN_MARKER + "\nfirst\n" + accuracy.END_MARKER + "\n")
+    text = docs.read_text()
+    docs.write_text(text + "\nhand-written after\n")
+    accuracy.write_docs(docs, accuracy.BEGIN_MARKER + "\nsecond\n" + accuracy.END_MARKER + "\n")
+    text = docs.read_text()
+    assert "hand-written intro" in text and "hand-written after" in text
+    assert "second" in text and "first" not in text and text.count(accuracy.BEGIN_MARKER) == 1
+
+
+def test_few_shot_table_reads_adapt_metrics(accuracy, tmp_path):
+    args = accuracy.parse_args(["--output", str(tmp_path), "--few_shot_variants", "los_loop"])
+    jobs = accuracy.few_shot_jobs(args, {"LOS-LOOP"})
+    for job, mae in zip(jobs, (3.9, 4.2, 3.5)):
+        job["output"].parent.mkdir(parents=True, exist_ok=True)
+        job["output"].write_text(json.dumps({"input_len": 12, "horizon": 12, "metrics": _metrics(mae, 2 * mae),
+                                             "adaptation": {"steps_run": 300, "best_step": 150}}))
+    zero = accuracy.zero_shot_jobs(args, {"LOS-LOOP"})
+    zero[0]["output"].parent.mkdir(parents=True, exist_ok=True)
+    zero[0]["output"].write_text(json.dumps(_zero_shot_result((4.85, 9.16), {"last_value": (4.41, 8.42)})))
+    row = accuracy.few_shot_table(jobs, zero)[-1]
+    assert row.startswith("| LOS-LOOP | 12->12 | **3.90 / 7.80** | 4.85 / 9.16 | 4.20 / 8.40 | 3.50 / 7.00 |")
+    assert "300 (150)" in row
