@@ -126,8 +126,6 @@ def _params_tree_metadata(params_dir: pathlib.Path) -> Any:
 
 def saved_param_shapes(path: str | pathlib.Path) -> dict[str, tuple[int, ...]]:
     """{"stack/attn/q/kernel": shape, ...} of a checkpoint's params, read from metadata (no array I/O)."""
-    import orbax.checkpoint as ocp
-
     step_dir, _ = find_checkpoint(path)
     tree = _params_tree_metadata(step_dir / PARAMS_ITEM)
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]

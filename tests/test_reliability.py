@@ -10,9 +10,7 @@ import os
 import pathlib
 import shutil
 import signal
-import subprocess
 import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -21,6 +19,7 @@ import numpy as np
 import pytest
 
 from factost_jax.checkpoint import list_steps
+from launcher_runs import launcher_env, run, start_and_signal, train_steps
 from factost_jax.train.loop import SHA_FILE, RunConfigError, TrainConfig, train_and_evaluate
 
 # ------------------------------------------------------------------------------------ subprocess runs
@@ -38,13 +37,7 @@ PRETRAIN_ARGS = [
 
 @pytest.fixture(scope="module")
 def cli_env():
-    env = dict(os.environ)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
-    return env
+    return launcher_env()
 
 
 def _pretrain_cmd(repo_root, workdir, *extra):
@@ -52,43 +45,7 @@ def _pretrain_cmd(repo_root, workdir, *extra):
 
 
 def _run(cmd, repo_root, env, timeout=240):
-    return subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _train_steps(workdir):
-    path = pathlib.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    steps = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line being written right now
-            continue
-        if "loss" in row:
-            steps.append(row["step"])
-    return steps
-
-
-def _start_and_signal(cmd, repo_root, env, workdir, signum, when, timeout=240):
-    """Start `cmd`, send `signum` once `when()` is true, wait; -> (proc, stdout, stderr)."""
-    proc = subprocess.Popen(cmd, cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while not when():
-            if proc.poll() is not None:
-                out, err = proc.communicate()
-                pytest.fail(f"run ended (rc {proc.returncode}) before the signal could be sent:\n{out}\n{err[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("run made no progress before the deadline")
-            time.sleep(0.02)
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc, out, err
+    return run(cmd, repo_root, env, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +54,7 @@ def reference_run(repo_root, cli_env, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("reference")
     result = _run(_pretrain_cmd(repo_root, workdir), repo_root, cli_env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _train_steps(workdir) == list(range(1, STEPS + 1))
+    assert train_steps(workdir) == list(range(1, STEPS + 1))
     return workdir, (workdir / SHA_FILE).read_text().strip()
 
 
@@ -112,10 +69,10 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted_run(repo_root, cli_env
     cmd = _pretrain_cmd(repo_root, workdir)
     def past_a_finished_checkpoint():
         # Saves are asynchronous: wait until one is complete on disk and training has moved on from it.
-        steps, saved = _train_steps(workdir), list_steps(workdir / "checkpoints")
+        steps, saved = train_steps(workdir), list_steps(workdir / "checkpoints")
         return bool(saved) and bool(steps) and steps[-1] > saved[-1]
 
-    proc, _, _ = _start_and_signal(cmd, repo_root, cli_env, workdir, signal.SIGKILL, past_a_finished_checkpoint)
+    proc, _, _ = start_and_signal(cmd, repo_root, cli_env, signal.SIGKILL, past_a_finished_checkpoint, timeout=240)
     assert proc.returncode == -signal.SIGKILL
     assert not (workdir / SHA_FILE).exists(), "the run finished before it was killed"
     saved = list_steps(workdir / "checkpoints")
@@ -126,15 +83,15 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted_run(repo_root, cli_env
     assert f"resumed from step {saved[-1]} " in rerun.stdout
     assert (workdir / SHA_FILE).read_text().strip() == reference_sha
     # Rows the killed run logged past its last checkpoint were replaced, not duplicated.
-    assert _train_steps(workdir) == list(range(1, STEPS + 1))
+    assert train_steps(workdir) == list(range(1, STEPS + 1))
 
 
 @pytest.mark.slow
 def test_sigterm_saves_exits_zero_and_rerun_resumes_there(repo_root, cli_env, reference_sha, tmp_path):
     workdir = tmp_path / "preempted"
     cmd = _pretrain_cmd(repo_root, workdir)
-    proc, out, err = _start_and_signal(cmd, repo_root, cli_env, workdir, signal.SIGTERM,
-                                       lambda: bool(_train_steps(workdir)))  # after the first logged step
+    proc, out, err = start_and_signal(cmd, repo_root, cli_env, signal.SIGTERM,
+                                       lambda: bool(train_steps(workdir)), timeout=240)  # after the first logged step
     assert proc.returncode == 0, err[-3000:]
     lines = [line for line in out.splitlines() if line.startswith("preempted at step ")]
     assert len(lines) == 1, out

@@ -9,11 +9,8 @@ before the first update, where the step-0 validation must not be counted twice o
 
 import json
 import os
-import pathlib
 import signal
-import subprocess
 import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -23,6 +20,7 @@ import pytest
 
 from factost_jax import checkpoint as ckpt_io
 from factost_jax.checkpoint import list_steps
+from launcher_runs import launcher_env, metric_rows, run, start_and_signal, train_steps
 from factost_jax.model.config import model_config
 from factost_jax.model.encoder import abstract_params, unbox
 from factost_jax.train.loop import SHA_FILE, TrainConfig, train_and_evaluate
@@ -47,13 +45,7 @@ def _adapt_args(init_from):
 
 @pytest.fixture(scope="module")
 def cli_env():
-    env = dict(os.environ)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
-    return env
+    return launcher_env()
 
 
 def _random_stage1_params(config, seed=7):
@@ -86,30 +78,12 @@ def _adapt_cmd(repo_root, init_from, workdir):
 
 
 def _run(cmd, repo_root, env):
-    return subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-
-
-def _rows(workdir):
-    """metrics.jsonl rows; a line being written right now is skipped."""
-    path = pathlib.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-def _train_steps(workdir):
-    return [row["step"] for row in _rows(workdir) if "loss" in row]
+    return run(cmd, repo_root, env, TIMEOUT_S)
 
 
 def _run_record(workdir):
     """What two runs must agree on: final sha256, metrics.json, every step's loss, every validation row, best/."""
-    rows = _rows(workdir)
+    rows = metric_rows(workdir)
     return {
         "sha256": (workdir / SHA_FILE).read_text().strip(),
         "metrics_json": json.loads((workdir / METRICS_JSON).read_text()),
@@ -130,34 +104,13 @@ def _assert_same_run(workdir, reference):
     assert record["metrics_json"] == reference["metrics_json"]
 
 
-def _start_and_signal(cmd, repo_root, env, signum, when):
-    """Start `cmd`, send `signum` once `when()` is true, wait; -> (proc, stdout, stderr)."""
-    proc = subprocess.Popen(cmd, cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not when():
-            if proc.poll() is not None:
-                out, err = proc.communicate()
-                pytest.fail(f"run ended (rc {proc.returncode}) before the signal could be sent:\n{out}\n{err[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("run made no progress before the deadline")
-            time.sleep(0.02)
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc, out, err
-
-
 @pytest.fixture(scope="module")
 def reference(repo_root, cli_env, stage1_ckpt, tmp_path_factory):
     """`_run_record` of an uninterrupted run (it also fills the compilation cache)."""
     workdir = tmp_path_factory.mktemp("reference")
     result = _run(_adapt_cmd(repo_root, stage1_ckpt, workdir), repo_root, cli_env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _train_steps(workdir) == list(range(1, STEPS + 1))
+    assert train_steps(workdir) == list(range(1, STEPS + 1))
     record = _run_record(workdir)
     assert [row["step"] for row in record["validations"]] == list(range(0, STEPS + 1, INTERVAL))
     assert record["best"] == [str(record["metrics_json"]["adaptation"]["best_step"])]
@@ -172,10 +125,10 @@ def test_adapt_sigkill_mid_run_then_rerun_matches_uninterrupted_run(repo_root, c
 
     def past_a_finished_checkpoint():
         # Saves are asynchronous: wait until one is complete on disk and training has moved on from it.
-        steps, saved = _train_steps(workdir), list_steps(workdir / "checkpoints")
+        steps, saved = train_steps(workdir), list_steps(workdir / "checkpoints")
         return bool(saved) and bool(steps) and steps[-1] > saved[-1]
 
-    proc, _, _ = _start_and_signal(cmd, repo_root, cli_env, signal.SIGKILL, past_a_finished_checkpoint)
+    proc, _, _ = start_and_signal(cmd, repo_root, cli_env, signal.SIGKILL, past_a_finished_checkpoint, TIMEOUT_S)
     assert proc.returncode == -signal.SIGKILL
     assert not (workdir / SHA_FILE).exists() and not (workdir / METRICS_JSON).exists(), "finished before the kill"
     saved = list_steps(workdir / "checkpoints")
@@ -191,8 +144,8 @@ def test_adapt_sigkill_mid_run_then_rerun_matches_uninterrupted_run(repo_root, c
 def test_adapt_sigterm_saves_exits_zero_and_rerun_resumes_there(repo_root, cli_env, stage1_ckpt, reference, tmp_path):
     workdir = tmp_path / "preempted"
     cmd = _adapt_cmd(repo_root, stage1_ckpt, workdir)
-    proc, out, err = _start_and_signal(cmd, repo_root, cli_env, signal.SIGTERM,
-                                       lambda: bool(_train_steps(workdir)))  # after the first logged step
+    proc, out, err = start_and_signal(cmd, repo_root, cli_env, signal.SIGTERM,
+                                       lambda: bool(train_steps(workdir)), TIMEOUT_S)  # after the first logged step
     assert proc.returncode == 0, err[-3000:]
     lines = [line for line in out.splitlines() if line.startswith("preempted at step ")]
     assert len(lines) == 1, out
@@ -289,7 +242,7 @@ class _ToyConfig:
 
 
 def _validation_rows(workdir):
-    return [row for row in _rows(workdir) if "val_loss" in row]
+    return [row for row in metric_rows(workdir) if "val_loss" in row]
 
 
 def test_preempted_before_first_update_resumes_without_repeating_step0_validation(tmp_path):

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from factost_jax import checkpoint as ckpt_io
-from factost_jax.data.st_pipeline import STDataConfig, WindowGatherer, load_st_dataset, make_st_train_dataset
+from factost_jax.data.st_pipeline import STDataConfig, load_st_dataset, make_st_train_dataset
 from factost_jax.data.types import STDataset
 from factost_jax.model.config import ModelConfig
 from factost_jax.train import mesh as mesh_lib
