@@ -214,8 +214,8 @@ def build_torch(spec: dict[str, Any], compiled: bool, freezing: bool = False) ->
     constants, folded and pre-packed for the CPU GEMM kernels.
 
     The AdamW step stays eager and uses torch's fused CPU/GPU kernel (foreach where fused is missing).
-    Inference runs under torch.no_grad(): under torch.inference_mode() a compiled forward is
-    re-guarded on every call and runs far slower.
+    Inference runs under torch.no_grad(): under torch.inference_mode() the compiled forward of the
+    debug model took 0.8 s per call instead of a few ms (torch 2.13, CPU).
     """
     import torch
 
