@@ -59,6 +59,7 @@ SWEEP_SETTINGS = {
     "default (trainable=all, replay 0.3, uniform)": None,  # = the few-shot FactoST run
     "trainable=adapter": ["--config.trainable=adapter"],
     "trainable=adapter+head": ["--config.trainable=adapter+head"],
+    "loss=mae+pinball": ["--config.loss=mae+pinball"],
     "replay_ratio=0": ["--config.data.replay_ratio=0.0"],
     "selection=first": ["--config.data.few_shot_selection=first"],
 }
@@ -84,6 +85,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data_dir", default=None, help="real-data directory (default: $FACTOST_DATA_DIR)")
     parser.add_argument("--quick", action="store_true", help="12-step sets only; few-shot only from existing JSON")
     parser.add_argument("--force", action="store_true", help="rerun commands whose JSON already exists")
+    parser.add_argument("--render_only", action="store_true", help="run nothing; write the tables from the JSON there is")
     parser.add_argument("--parts", default="zero_shot,few_shot",
                         help="comma list from zero_shot,few_shot,sweep (sweep: the stage-2 option comparison)")
     parser.add_argument("--few_shot_variants", default="hzmetro,los_loop",
@@ -226,8 +228,8 @@ def run_jobs(jobs: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     """Runs the jobs whose JSON is missing (all with --force); returns one line per failure."""
     failures = []
     for job in jobs:
-        if job["command"] is None:
-            continue  # a result another job produces
+        if job["command"] is None or args.render_only:
+            continue  # a result another job produces / nothing to run
         if job["output"].is_file() and not args.force:
             print(f"cached: {job['output']}")
             continue

@@ -28,7 +28,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/demo", "Where the demo writes its runs, JSON results and plots.")
 flags.DEFINE_string("dataset", None, "Dataset to forecast (default: HZMETRO if present, else SYNTHETIC).")
 flags.DEFINE_integer("pretrain_steps", 100, "Steps of the debug pretraining when no shipped checkpoint exists.")
-flags.DEFINE_integer("adapt_steps", 150, "Few-shot adaptation steps.")
+flags.DEFINE_integer("adapt_steps", 100, "Few-shot adaptation steps (validation every 50).")
+flags.DEFINE_integer("adapt_batch", 8, "Windows per adaptation step (configs/adapt.py's 32 is meant for a GPU).")
 flags.DEFINE_bool("skip_adapt", False, "Stop after the zero-shot comparison.")
 
 
@@ -98,7 +99,8 @@ def main(argv: list[str]) -> None:
         adapt_dir = workdir / "adapt"
         run([sys.executable, "launch/adapt.py", "--config", f"configs/adapt.py:{dataset.lower()}",
              f"--config.init_from={checkpoint}", "--workdir", str(adapt_dir),
-             f"--config.train.steps={FLAGS.adapt_steps}"])
+             f"--config.train.steps={FLAGS.adapt_steps}", f"--config.data.batch_size={FLAGS.adapt_batch}",
+             "--config.train.eval_every=50", "--config.train.checkpoint_every=50"])
         adapted = json.loads((adapt_dir / "metrics.json").read_text())
 
     print_table(dataset, summary_rows(zero_shot, adapted))
