@@ -12,8 +12,8 @@ rewrites the generated part of `docs/results.md` (between the `accuracy.py` mark
   12->12 and ELECTRICITY 96->96 when the data dir has them).
 - Few-shot (12->12, or 24->24 for AQI36): FactoST adapted on 10 % of the train windows, STID trained
   on the same 10 % and on all of them (full-shot), next to the zero-shot model and the baselines.
-- --quick: only the 12-step sets, and few-shot results only where their JSON already exists; this is
-  what `make bench` runs.
+- --quick: runs only the missing zero-shot 12-step evaluations and never trains; the tables show
+  every result whose JSON exists. This is what `make bench` runs.
 
 Outputs: OUTPUT/zero_shot/<DATASET>_<L>_<H>.json (launch/evaluate.py --with_baselines) and
 OUTPUT/few_shot/<variant>/<model>/metrics.json (launch/adapt.py).
@@ -72,8 +72,8 @@ PAPER_FEW_SHOT = {
     "PEMS08": ("17.65 / 28.44", "18.47 / 29.04", "16.48 / 26.19", "15.80 / 25.46"),
 }
 PAPER_ZERO_SHOT = {"ETTh2": "0.368 (minuscule) to 0.362 (base)"}
-BASELINE_LABELS = {"last_value": "last value", "seasonal_naive_day": "seasonal naive (day)",
-                   "seasonal_naive_week": "seasonal naive (week)", "historical_average": "historical average"}
+BASELINE_LABELS = {"last_value": "last value", "seasonal_naive_day": "seasonal naive, day",
+                   "seasonal_naive_week": "seasonal naive, week", "historical_average": "historical average"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -83,7 +83,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--docs", type=pathlib.Path, default=REPO_ROOT / "docs/results.md",
                         help="markdown file whose generated part is rewritten ('' to skip)")
     parser.add_argument("--data_dir", default=None, help="real-data directory (default: $FACTOST_DATA_DIR)")
-    parser.add_argument("--quick", action="store_true", help="12-step sets only; few-shot only from existing JSON")
+    parser.add_argument("--quick", action="store_true", help="run only missing 12-step zero-shot evaluations; never train")
     parser.add_argument("--force", action="store_true", help="rerun commands whose JSON already exists")
     parser.add_argument("--render_only", action="store_true", help="run nothing; write the tables from the JSON there is")
     parser.add_argument("--parts", default="zero_shot,few_shot",
@@ -91,7 +91,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--few_shot_variants", default="hzmetro,los_loop",
                         help=f"comma list from {','.join(FEW_SHOT_VARIANTS)} (those whose data is present run)")
     parser.add_argument("--adapt_flags", default="", help="extra flags for every launch/adapt.py run (quoted)")
-    parser.add_argument("--sweep_settings", default="trainable=adapter",
+    parser.add_argument("--sweep_settings", default="trainable=adapter,loss=mae+pinball",
                         help=f"comma list of sweep settings besides the default, from "
                              f"{','.join(k for k, v in SWEEP_SETTINGS.items() if v is not None)}")
     parser.add_argument("--factost_flags", default=CPU_FACTOST_FLAGS,
@@ -146,7 +146,7 @@ def display_command(command: list[str]) -> str:
 def zero_shot_jobs(args: argparse.Namespace, present: set[str]) -> list[dict[str, Any]]:
     jobs = []
     for dataset, input_len, horizon in ZERO_SHOT_TASKS:
-        if dataset not in present or (args.quick and input_len != 12):
+        if dataset not in present:
             continue
         output = args.output / "zero_shot" / f"{dataset}_{input_len}_{horizon}.json"
         command = [sys.executable, "launch/evaluate.py", "--checkpoint", args.checkpoint, "--dataset", dataset,
@@ -207,19 +207,21 @@ def sweep_jobs(args: argparse.Namespace, present: set[str]) -> list[dict[str, An
 
 
 def sweep_table(jobs: list[dict[str, Any]]) -> list[str]:
-    """Validation MAE (the selection criterion) and test MAE per setting and dataset."""
+    """Validation MAE (the selection criterion), test MAE and test 80 % coverage per setting and dataset."""
     variants = list(dict.fromkeys(job["variant"] for job in jobs))
-    header = " | ".join(f"{FEW_SHOT_VARIANTS[v]} val MAE | {FEW_SHOT_VARIANTS[v]} test MAE" for v in variants)
-    lines = [f"| setting (one change from the defaults) | {header} |", "|---|" + "---|---|" * len(variants)]
+    header = " | ".join(f"{FEW_SHOT_VARIANTS[v]} val MAE | test MAE | test 80 % coverage" for v in variants)
+    lines = [f"| setting (one change from the defaults) | {header} |", "|---|" + "---|---|---|" * len(variants)]
     results = {(job["variant"], job["model"]): _load(job["output"]) for job in jobs}
     for setting in dict.fromkeys(job["model"] for job in jobs):
         cells = []
         for variant in variants:
             result = results.get((variant, setting))
             if result is None:
-                cells += ["–", "–"]
+                cells += ["–", "–", "–"]
             else:
-                cells += [f"{result['adaptation']['best_val_MAE']:.3f}", f"{result['metrics']['avg']['MAE']:.3f}"]
+                coverage = result["metrics"]["avg"].get("coverage_80")
+                cells += [f"{result['adaptation']['best_val_MAE']:.3f}", f"{result['metrics']['avg']['MAE']:.3f}",
+                          "–" if coverage is None else f"{coverage:.2f}"]
         lines.append(f"| {setting} | " + " | ".join(cells) + " |")
     return lines
 
@@ -233,8 +235,8 @@ def run_jobs(jobs: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
         if job["output"].is_file() and not args.force:
             print(f"cached: {job['output']}")
             continue
-        if args.quick and job["part"] in ("few_shot", "sweep"):
-            continue  # --quick never trains
+        if args.quick and (job["part"] in ("few_shot", "sweep") or job.get("input_len") != 12):
+            continue  # --quick never trains and evaluates only the 12-step sets; cached results still show
         if args.force and job["part"] in ("few_shot", "sweep"):
             import shutil
 
@@ -377,9 +379,9 @@ def render(args: argparse.Namespace, zero_jobs, few_jobs, sweep, present: set[st
         out += ["Commands (each writes `WORKDIR/metrics.json`):", ""] + commands_block(few_jobs) + [""]
     if sweep:
         out += ["### Stage-2 options chosen by validation", "",
-                "FactoST few-shot (10 %) with one option changed from the defaults of `configs/adapt.py`; the "
-                "defaults are the settings with the lowest validation MAE over both datasets (test MAE shown "
-                "for information, never used to choose).", ""]
+                "FactoST few-shot (10 %) with one option changed from the defaults of `configs/adapt.py`, "
+                "compared by validation MAE (the early-stopping criterion); test MAE and the test coverage "
+                "of the 80 % interval are shown for information, never used to choose. `-` = not run.", ""]
         out += sweep_table(sweep) + ["", "Commands:", ""] + commands_block(sweep) + [""]
     out += paper_lines(present) + ["", END_MARKER]
     return "\n".join(out) + "\n"

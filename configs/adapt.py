@@ -49,7 +49,8 @@ def _base_config(dataset: str, input_len: int, horizon: int) -> config_dict.Conf
     config.model_size = config_dict.placeholder(str)  # None: whatever size the checkpoint holds
     config.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU
     config.remat = False
-    # Picked by validation on HZMETRO and LOS-LOOP (docs/results.md, "Stage 2").
+    # trainable: picked by validation MAE on HZMETRO and LOS-LOOP; loss: MAE, the reported metric
+    # (docs/results.md, "Stage-2 defaults and why").
     config.trainable = "all"
     config.loss = "mae"
 
