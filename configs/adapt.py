@@ -2,7 +2,8 @@
 
 Variants (dataset, default lengths): hzmetro (HZMETRO inflow), hzmetro_out, los_loop, aqi36 (24->24),
 montevideo_bus, pems03, pems04, pems07, pems08, metr_la, pems_bay (these six need the user's series
-files in the data dir), synthetic (the embedded sensor network, no files). Everything else is 12->12.
+files in the data dir), synthetic (the embedded sensor network, no files), etth2 and weather (96->96,
+the variables as nodes). Everything else is 12->12.
 
   python launch/adapt.py --config configs/adapt.py:hzmetro --config.init_from=runs/tiny --workdir runs/hz
   python launch/adapt.py --config configs/adapt.py:los_loop --config.model=stid --config.data.few_shot_ratio=1.0 \
@@ -36,6 +37,9 @@ VARIANTS: dict[str, tuple[str, int, int]] = {
     "metr_la": ("METR-LA", 12, 12),
     "pems_bay": ("PEMS-BAY", 12, 12),
     "synthetic": ("synthetic", 12, 12),
+    # Long-term setting on the LTSF sets (variables as nodes, normalised scale).
+    "etth2": ("ETTh2", 96, 96),
+    "weather": ("WEATHER", 96, 96),
 }
 
 
