@@ -155,24 +155,11 @@ def _adapt_configs():
 
 
 def random_like(abstract_tree: Any, seed: int = 0) -> Any:
-    """Host float32 arrays shaped like `abstract_tree` (plain, unboxed): leaves named *scale 1, *bias 0,
-    the rest N(0, 0.02^2). Drawn in numpy, so nothing compiles; the values do not change the cost."""
-    import jax
+    """Host float32 weights shaped like `abstract_tree` (scales 1, biases 0, the rest N(0, 0.02^2)):
+    nothing compiles, and the values do not change the cost."""
+    from factost_jax.model.encoder import host_random_params
 
-    from factost_jax import checkpoint as ckpt_io
-
-    rng = np.random.default_rng(seed)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_tree)
-    leaves = []
-    for key_path, leaf in flat:
-        name = ckpt_io.key_path_str(key_path)
-        if name.endswith("scale"):
-            leaves.append(np.ones(leaf.shape, np.float32))
-        elif name.endswith("bias"):
-            leaves.append(np.zeros(leaf.shape, np.float32))
-        else:
-            leaves.append(rng.normal(0.0, 0.02, leaf.shape).astype(np.float32))
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+    return host_random_params(abstract_tree, seed, std=0.02)
 
 
 def write_random_stage1_checkpoint(path: pathlib.Path, size: str, seed: int = 0) -> pathlib.Path:

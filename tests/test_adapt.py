@@ -14,7 +14,7 @@ import pytest
 
 from factost_jax import checkpoint as ckpt_io
 from factost_jax.model.config import model_config
-from factost_jax.model.encoder import abstract_params, unbox
+from factost_jax.model.encoder import abstract_params, host_random_params, unbox
 from factost_jax.train import mesh as mesh_lib
 from factost_jax.train import stage2
 
@@ -35,18 +35,7 @@ def configs(repo_root):
 
 def _random_stage1_params(config, seed=7):
     """Stage-1 weights drawn in numpy (no XLA compile): norm scales 1, biases 0, the rest N(0, 0.1^2)."""
-    rng = np.random.default_rng(seed)
-    abstract = jax.tree_util.tree_flatten_with_path(unbox(abstract_params(config)))
-    leaves = []
-    for path, leaf in abstract[0]:
-        name = ckpt_io.key_path_str(path)
-        if name.endswith("scale"):
-            leaves.append(np.ones(leaf.shape, np.float32))
-        elif name.endswith("bias"):
-            leaves.append(np.zeros(leaf.shape, np.float32))
-        else:
-            leaves.append(rng.normal(0.0, 0.1, leaf.shape).astype(np.float32))
-    return jax.tree_util.tree_unflatten(abstract[1], leaves)
+    return host_random_params(unbox(abstract_params(config)), seed, std=0.1)
 
 
 @pytest.fixture(scope="module")

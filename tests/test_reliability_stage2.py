@@ -22,7 +22,7 @@ from factost_jax import checkpoint as ckpt_io
 from factost_jax.checkpoint import list_steps
 from launcher_runs import launcher_env, metric_rows, run, start_and_signal, train_steps
 from factost_jax.model.config import model_config
-from factost_jax.model.encoder import abstract_params, unbox
+from factost_jax.model.encoder import abstract_params, host_random_params, unbox
 from factost_jax.train.loop import SHA_FILE, TrainConfig, train_and_evaluate
 from factost_jax.train.stage2 import BEST_DIR, METRICS_JSON, EarlyStopping
 
@@ -50,18 +50,7 @@ def cli_env():
 
 def _random_stage1_params(config, seed=7):
     """Stage-1 weights drawn in numpy (no XLA compile): norm scales 1, biases 0, the rest N(0, 0.1^2)."""
-    rng = np.random.default_rng(seed)
-    leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(unbox(abstract_params(config)))
-    leaves = []
-    for path, leaf in leaves_with_paths:
-        name = ckpt_io.key_path_str(path)
-        if name.endswith("scale"):
-            leaves.append(np.ones(leaf.shape, np.float32))
-        elif name.endswith("bias"):
-            leaves.append(np.zeros(leaf.shape, np.float32))
-        else:
-            leaves.append(rng.normal(0.0, 0.1, leaf.shape).astype(np.float32))
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+    return host_random_params(unbox(abstract_params(config)), seed, std=0.1)
 
 
 @pytest.fixture(scope="module")

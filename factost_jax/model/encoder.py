@@ -313,6 +313,26 @@ def unbox(params: Params) -> Params:
     )
 
 
+def host_random_params(abstract_tree: Any, seed: int = 0, std: float = 0.02) -> Any:
+    """Host float32 arrays shaped like a plain (unboxed) abstract tree: leaves named *scale 1, *bias 0,
+    the rest N(0, std^2). Drawn in numpy, so no init program compiles: for tests and benchmarks
+    whose weights' values do not matter."""
+    from factost_jax.checkpoint import key_path_str
+
+    rng = np.random.default_rng(seed)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_tree)
+    leaves = []
+    for key_path, leaf in flat:
+        name = key_path_str(key_path)
+        if name.endswith("scale"):
+            leaves.append(np.ones(leaf.shape, np.float32))
+        elif name.endswith("bias"):
+            leaves.append(np.zeros(leaf.shape, np.float32))
+        else:
+            leaves.append(rng.normal(0.0, std, leaf.shape).astype(np.float32))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
 def count_params(params: Params) -> int:
     """Number of scalars in a (boxed or plain, concrete or abstract) parameter tree."""
     return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(unbox(params))))
