@@ -7,10 +7,11 @@ own handling would print a usage dump or a traceback instead.
 
 from __future__ import annotations
 
+import pathlib
 import sys
 from typing import Callable, NoReturn
 
-from absl import flags
+from absl import flags, logging
 
 USAGE_ERROR = 2
 TRAINING_ERROR = 1
@@ -67,3 +68,29 @@ def reject_positional(argv: list[str]) -> None:
     """Fails on positional arguments after the program name (a mistyped flag usually)."""
     if len(argv) > 1:
         fail(f"unexpected positional arguments: {' '.join(argv[1:])}")
+
+
+def start_training(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """What launch/pretrain.py and launch/adapt.py do first: refuse positional arguments, keep
+    absl's backend-probing INFO lines off the console, join a multi-process job if one is configured
+    (factost_jax/train/distributed.py flags)."""
+    from factost_jax.train.distributed import initialize_from_flags
+
+    reject_positional(argv)
+    logging.set_verbosity(logging.WARNING)
+    try:
+        initialize_from_flags(flag_values)
+    except ValueError as error:
+        fail(str(error))
+
+
+def prepare_workdir_or_fail(workdir: str | None) -> pathlib.Path:
+    """The run directory, created and checked writable; a missing or unusable one is a user error."""
+    from factost_jax.train.loop import RunConfigError, prepare_workdir
+
+    if not workdir:
+        fail("--workdir is required (the run directory; rerunning resumes from its checkpoints)")
+    try:
+        return prepare_workdir(workdir)
+    except RunConfigError as error:
+        fail(str(error))

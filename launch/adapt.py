@@ -15,12 +15,11 @@ exits 1; one stopped by SIGTERM / SIGINT saves a checkpoint and exits 0 without 
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from factost_jax.cli import TRAINING_ERROR, fail, flag_parser, reject_positional
+from factost_jax.cli import TRAINING_ERROR, fail, flag_parser, prepare_workdir_or_fail, start_training
 from factost_jax.train.distributed import define_flags as define_distributed_flags
-from factost_jax.train.distributed import initialize_from_flags
 
 config_flags.DEFINE_config_file("config", None, "Adaptation config file, e.g. configs/adapt.py:hzmetro.",
                                 lock_config=True)
@@ -48,17 +47,12 @@ def _describe(run_config, task, num_params: int) -> str:
 
 
 def main(argv: list[str]) -> None:
-    reject_positional(argv)
-    logging.set_verbosity(logging.WARNING)
+    start_training(argv, FLAGS)
     import jax
 
-    try:
-        initialize_from_flags(FLAGS)
-    except ValueError as error:
-        fail(str(error))
     from factost_jax.eval.evaluate import format_table
     from factost_jax.model.encoder import count_params
-    from factost_jax.train.loop import RunConfigError, TrainingDivergedError, prepare_workdir
+    from factost_jax.train.loop import RunConfigError, TrainingDivergedError
     from factost_jax.train.stage2 import METRICS_JSON, make_task, run_adaptation, validate_adapt_config
 
     is_main = jax.process_index() == 0
@@ -74,12 +68,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.dry_run:
         print(f"params: {num_params}")
         return
-    if not FLAGS.workdir:
-        fail("--workdir is required (the run directory; rerunning resumes from its checkpoints)")
-    try:
-        workdir = prepare_workdir(FLAGS.workdir)
-    except RunConfigError as error:
-        fail(str(error))
+    workdir = prepare_workdir_or_fail(FLAGS.workdir)
     try:
         result = run_adaptation(run_config, workdir, task=task, progress=is_main and run_config.train.progress)
     except (RunConfigError, FileNotFoundError, ValueError) as error:

@@ -16,12 +16,11 @@ stopped by SIGTERM / SIGINT after saving a checkpoint ("preempted at step N; che
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from factost_jax.cli import TRAINING_ERROR, fail, flag_parser, reject_positional
+from factost_jax.cli import TRAINING_ERROR, fail, flag_parser, prepare_workdir_or_fail, start_training
 from factost_jax.train.distributed import define_flags as define_distributed_flags
-from factost_jax.train.distributed import initialize_from_flags
 
 config_flags.DEFINE_config_file("config", None, "Pretraining config file, e.g. configs/pretrain.py:tiny.",
                                 lock_config=True)
@@ -44,16 +43,11 @@ def _print_corpus(data_config) -> None:
 
 
 def main(argv: list[str]) -> None:
-    reject_positional(argv)
-    logging.set_verbosity(logging.WARNING)  # keep backend-probing INFO lines off the console
+    start_training(argv, FLAGS)
     import jax
 
-    try:
-        initialize_from_flags(FLAGS)
-    except ValueError as error:
-        fail(str(error))
     from factost_jax.model.encoder import count_params
-    from factost_jax.train.loop import RunConfigError, TrainingDivergedError, prepare_workdir, train_and_evaluate
+    from factost_jax.train.loop import RunConfigError, TrainingDivergedError, train_and_evaluate
     from factost_jax.train.tasks import PretrainTask, validate_pretrain_config
 
     is_main = jax.process_index() == 0
@@ -74,12 +68,7 @@ def main(argv: list[str]) -> None:
             _print_corpus(run_config.data)
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
-    if not FLAGS.workdir:
-        fail("--workdir is required (the run directory; rerunning resumes from its checkpoints)")
-    try:
-        workdir = prepare_workdir(FLAGS.workdir)
-    except RunConfigError as error:
-        fail(str(error))
+    workdir = prepare_workdir_or_fail(FLAGS.workdir)
     try:
         summary = train_and_evaluate(task, run_config, workdir)
     except RunConfigError as error:
