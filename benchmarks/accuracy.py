@@ -27,6 +27,7 @@ import json
 import os
 import pathlib
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -245,8 +246,6 @@ def run_jobs(jobs: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
         if args.quick and (job["part"] in ("few_shot", "sweep") or job.get("input_len") != 12):
             continue  # --quick never trains and evaluates only the 12-step sets; cached results still show
         if args.force and job["part"] in ("few_shot", "sweep"):
-            import shutil
-
             shutil.rmtree(job["output"].parent, ignore_errors=True)  # a rerun must not resume the old run
         code, seconds = run_command(job["command"], job["output"].with_suffix(".log"))
         job["seconds"] = seconds
@@ -277,6 +276,14 @@ def _baselines_of(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {r["model"]: r["metrics"]["avg"] for r in result.get("results", []) if r["model"] in BASELINE_LABELS}
 
 
+def _best_baseline(base: dict[str, dict[str, Any]], digits: int) -> tuple[float | None, str]:
+    """(MAE of the best baseline or None, its table cell "MAE / RMSE (name)")."""
+    if not base:
+        return None, "–"
+    name = min(base, key=lambda n: base[n]["MAE"])
+    return base[name]["MAE"], f"{_pair(base[name], digits)} ({BASELINE_LABELS[name]})"
+
+
 def zero_shot_table(jobs: list[dict[str, Any]]) -> tuple[list[str], int, int]:
     """Markdown lines, number of sets where FactoST beats the best baseline, number of sets."""
     lines = ["| dataset | L->H | FactoST zero-shot | best baseline | last value | seasonal naive (day) | "
@@ -288,13 +295,13 @@ def zero_shot_table(jobs: list[dict[str, Any]]) -> tuple[list[str], int, int]:
         if result is None:
             continue
         digits, base = _digits(job["dataset"]), _baselines_of(result)
-        best_name = min(base, key=lambda name: base[name]["MAE"]) if base else None
+        best_mae, best = _best_baseline(base, digits)
         ours = result["metrics"]["avg"]
-        wins += bool(best_name and ours["MAE"] < base[best_name]["MAE"])
+        beats = best_mae is not None and ours["MAE"] < best_mae
+        wins += beats
         total += 1
-        best = f"{_pair(base[best_name], digits)} ({BASELINE_LABELS[best_name]})" if best_name else "–"
         cells = [_pair(base.get(name), digits) if name in base else "n/a" for name in BASELINE_LABELS]
-        verdict = "**yes**" if best_name and ours["MAE"] < base[best_name]["MAE"] else "no"
+        verdict = "**yes**" if beats else "no"
         lines.append(f"| {job['dataset']} | {job['input_len']}->{job['horizon']} | **{_pair(ours, digits)}** | {best} | "
                      + " | ".join(cells) + f" | {verdict} |")
     return lines, wins, total
@@ -316,9 +323,7 @@ def few_shot_table(jobs: list[dict[str, Any]], zero_jobs: list[dict[str, Any]]) 
         some = next(r for r in results.values() if r)
         zero_result = zero.get(dataset)
         zero_cell = _pair(zero_result["metrics"]["avg"], digits) if zero_result else "–"
-        base = _baselines_of(zero_result) if zero_result else {}
-        best_name = min(base, key=lambda name: base[name]["MAE"]) if base else None
-        best = f"{_pair(base[best_name], digits)} ({BASELINE_LABELS[best_name]})" if best_name else "–"
+        _, best = _best_baseline(_baselines_of(zero_result) if zero_result else {}, digits)
 
         def cell(label: str) -> str:
             result = results.get(label)

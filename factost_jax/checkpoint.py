@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -180,8 +181,6 @@ def load_latest_readable(path: str | pathlib.Path) -> tuple[pathlib.Path, dict[s
       FileNotFoundError: nothing that looks like a checkpoint at `path`.
       UnreadableCheckpointError: the given step (or every step found) cannot be read.
     """
-    import warnings
-
     step_dir, _ = find_checkpoint(path)
     if step_dir == pathlib.Path(path).expanduser():
         return (step_dir, *_load_step(step_dir))
