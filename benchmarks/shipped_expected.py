@@ -32,7 +32,7 @@ def main() -> None:
                       "target_start": int(start), "scale": float(np.nanstd(context) + 1e-6),
                       "median": result.median[0].tolist(), "quantiles": result.quantiles[0].tolist()})
     out = REPO_ROOT / "tests" / "data" / "factost_tiny_expected.json"
-    out.write_text(json.dumps({"checkpoint": "checkpoints/factost-tiny", "cases": cases}, indent=1))
+    out.write_text(json.dumps({"checkpoint": "factost-tiny", "cases": cases}, indent=1))
     print(f"wrote {out}")
 
 

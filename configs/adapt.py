@@ -11,7 +11,7 @@ the variables as nodes). Everything else is 12->12.
   ... --config.input_len=96 --config.horizon=96          # long-term setting
 
 Top-level fields: dataset, input_len, horizon, model ("factost" | "stid"), init_from (a stage-1
-workdir / checkpoint dir; default: checkpoints/factost-tiny when it exists, required for FactoST),
+workdir / checkpoint dir; default: the shipped factost-tiny when it exists, required for FactoST),
 model_size (optional check against the checkpoint), trainable ("adapter" | "adapter+head" | "all"),
 loss ("mae" | "pinball" | "mae+pinball"), compute_dtype, remat. Sections: data (few-shot subset,
 memory replay, batch), adapter (AdapterConfig fields but num_nodes), stid (STIDConfig sizes), train

@@ -69,7 +69,7 @@ __all__ = ["DEFAULT_QUANTILES", "Forecaster", "QuantileForecast", "resolve_check
 
 DEFAULT_QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 DEFAULT_BATCH_SIZE = 256
-SHIPPED_CHECKPOINTS_DIR = "checkpoints"
+SHIPPED_CHECKPOINTS_DIR = "pretrained"  # package data: factost_jax/pretrained/<name>
 ADAPTER_KEY = "adapter"
 _LEVEL_TOLERANCE = 1e-9
 _MAX_NAMED = 5  # how many offending indices / ids an error message lists
@@ -96,17 +96,16 @@ def level_column(level: float) -> str:
 
 
 def _shipped_roots() -> list[pathlib.Path]:
-    """Where shipped checkpoints live: a source checkout's `checkpoints/`, then the installed package's."""
-    package_dir = pathlib.Path(__file__).resolve().parent
-    return [package_dir.parent / SHIPPED_CHECKPOINTS_DIR, package_dir / SHIPPED_CHECKPOINTS_DIR]
+    """Where shipped checkpoints live: `factost_jax/pretrained/`, package data, so the same place in a
+    source checkout and in an installed wheel."""
+    return [pathlib.Path(__file__).resolve().parent / SHIPPED_CHECKPOINTS_DIR]
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> pathlib.Path:
     """An existing path as given, or a shipped checkpoint name ("factost-tiny") -> its directory.
 
     A bare name (no path separator) that is not an existing path is looked up in
-    `<repo>/checkpoints/<name>` (a source checkout) and `factost_jax/checkpoints/<name>` (an
-    installed package that ships it). Raises FileNotFoundError listing the places tried.
+    `factost_jax/pretrained/<name>` (package data). Raises FileNotFoundError listing the places tried.
     """
     if not isinstance(path, str | os.PathLike) or not os.fspath(path):
         raise ValueError(f"checkpoint path must be a non-empty path or name, got {path!r}")

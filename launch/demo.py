@@ -1,6 +1,6 @@
 """`make demo`: the whole user journey on the embedded default, printing each command it runs.
 
-1. stage 1: the shipped checkpoint `checkpoints/factost-tiny` when present, otherwise a short `debug`
+1. stage 1: the shipped checkpoint `factost-tiny` (factost_jax/pretrained/) when present, otherwise a short `debug`
    pretraining (`launch/pretrain.py`);
 2. zero-shot evaluation next to the baselines (`launch/evaluate.py --with_baselines --plot`);
 3. stage 2: few-shot (10 %) adaptation of the same checkpoint (`launch/adapt.py`);
@@ -22,7 +22,7 @@ import sys
 from absl import app, flags
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHIPPED_CHECKPOINT = REPO_ROOT / "checkpoints" / "factost-tiny"
+SHIPPED_CHECKPOINT = REPO_ROOT / "factost_jax" / "pretrained" / "factost-tiny"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/demo", "Where the demo writes its runs, JSON results and plots.")

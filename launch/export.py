@@ -1,6 +1,6 @@
 """Export a stage-1 training checkpoint as a small inference checkpoint (params + metadata only).
 
-    python launch/export.py --checkpoint runs/tiny --output checkpoints/factost-tiny --dtype bfloat16
+    python launch/export.py --checkpoint runs/tiny --output factost_jax/pretrained/factost-tiny --dtype bfloat16
 
 The metadata keeps the model config, the run config, the source step and the list of datasets the
 pretraining corpus really held (so `launch/evaluate.py` can refuse a zero-shot evaluation on data the

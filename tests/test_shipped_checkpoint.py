@@ -1,4 +1,4 @@
-"""The shipped `checkpoints/factost-tiny` loads by name and forecasts exactly as recorded.
+"""The shipped `factost_jax/pretrained/factost-tiny` loads by name and forecasts exactly as recorded.
 
 `tests/data/factost_tiny_expected.json` holds the median and 0.1/0.9 quantiles the checkpoint gave on
 fixed held-out windows when it was exported (written by `benchmarks/shipped_expected.py`). A change to
@@ -23,7 +23,7 @@ def expected(repo_root):
 
 @pytest.fixture(scope="module")
 def forecaster(repo_root):
-    assert (repo_root / "checkpoints" / "factost-tiny").is_dir(), "the shipped checkpoint is missing"
+    assert (repo_root / "factost_jax" / "pretrained" / "factost-tiny").is_dir(), "the shipped checkpoint is missing"
     return Forecaster.load("factost-tiny")
 
 

@@ -52,7 +52,7 @@ DATA_CALENDAR: dict[str, tuple[str, str]] = {
 BEST_DIR = "best"
 METRICS_JSON = "metrics.json"
 EARLY_STOPPING_METRIC = "val_MAE"
-DEFAULT_INIT_FROM = "checkpoints/factost-tiny"
+DEFAULT_INIT_FROM = "factost-tiny"  # a shipped name: factost_jax/pretrained/factost-tiny
 # Train-section keys that belong to early stopping, not to the loop's TrainConfig.
 _EARLY_STOPPING_KEYS = ("patience", "min_delta", "eval_batch_size")
 # STDataConfig fields given at the top level of configs/adapt.py (`--config.input_len=96` reads naturally).
@@ -137,7 +137,7 @@ def _build(cls: Any, values: dict[str, Any], section: str) -> Any:
 
 def resolve_init_from(init_from: str | None, model: str) -> str | None:
     """`init_from` (a path or a shipped name like "factost-tiny"), else the shipped
-    `checkpoints/factost-tiny` when it exists (model factost).
+    `DEFAULT_INIT_FROM` (package data, found in a checkout and in an installed wheel) for model factost.
 
     Raises ValueError when FactoST has nothing to start from, or when STID is given one.
     """
@@ -145,18 +145,18 @@ def resolve_init_from(init_from: str | None, model: str) -> str | None:
         if init_from:
             raise ValueError(f"init_from ({init_from}) is only used by model='factost'; STID trains from scratch")
         return None
-    if init_from:
-        from factost_jax.forecast import resolve_checkpoint_path
+    from factost_jax.forecast import resolve_checkpoint_path
 
+    if init_from:
         try:  # a path, or a shipped name such as "factost-tiny"
             return str(resolve_checkpoint_path(init_from))
         except FileNotFoundError as error:
             raise ValueError(f"init_from: {error}") from None
-    for root in (pathlib.Path.cwd(), pathlib.Path(__file__).resolve().parents[2]):
-        if (root / DEFAULT_INIT_FROM).is_dir():
-            return str(root / DEFAULT_INIT_FROM)
-    raise ValueError(f"init_from is required for model='factost': a stage-1 workdir or checkpoint directory "
-                     f"(no shipped checkpoint at {DEFAULT_INIT_FROM})")
+    try:
+        return str(resolve_checkpoint_path(DEFAULT_INIT_FROM))
+    except FileNotFoundError:
+        raise ValueError(f"init_from is required for model='factost': a stage-1 workdir or checkpoint directory "
+                         f"(no shipped checkpoint {DEFAULT_INIT_FROM})") from None
 
 
 def read_init_metadata(init_from: str) -> tuple[pathlib.Path, dict[str, Any], ModelConfig]:
