@@ -1,4 +1,4 @@
-"""What every `launch/` script shares: one-line user errors, exit statuses, absl flag parsing.
+"""What every command (`factost_jax/commands/`, `launch/` in a checkout) shares: one-line user errors, exit statuses, absl flag parsing.
 
 A user error (bad flag, bad config override, missing file) is printed as one line `error: ...` on
 stderr and exits with status 2; a training run stopped by non-finite losses exits with 1. absl's
@@ -15,6 +15,8 @@ from absl import flags, logging
 
 USAGE_ERROR = 2
 TRAINING_ERROR = 1
+# The configs shipped in the package, so an installed `factost-pretrain` finds `pretrain.py:tiny`.
+PACKAGED_CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
 
 def one_line(message: str) -> str:
@@ -94,3 +96,31 @@ def prepare_workdir_or_fail(workdir: str | None) -> pathlib.Path:
         return prepare_workdir(workdir)
     except RunConfigError as error:
         fail(str(error))
+
+
+def packaged_config_argv(argv: list[str]) -> list[str]:
+    """`argv` with the file of `--config FILE[:ARG]` / `--config=FILE[:ARG]` replaced by the packaged
+    config of the same file name (factost_jax/configs/) when FILE does not exist.
+
+    So `--config configs/adapt.py:hzmetro` (or `adapt.py:hzmetro`, `adapt:hzmetro`) works from any
+    directory once the package is installed, while an existing file, a user's own config, always wins.
+    A FILE that matches neither is a user error (one line, exit 2), not ml_collections' traceback.
+    """
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            index, prefix, value = i + 1, "", out[i + 1]
+        elif arg.startswith("--config="):
+            index, prefix, value = i, "--config=", arg[len("--config="):]
+        else:
+            continue
+        path, sep, rest = value.partition(":")
+        if not path or pathlib.Path(path).expanduser().exists():
+            continue
+        name = pathlib.Path(path).name
+        packaged = PACKAGED_CONFIGS / (name if name.endswith(".py") else f"{name}.py")
+        if not (packaged.is_file() and packaged.name != "__init__.py"):
+            known = ", ".join(sorted(p.name for p in PACKAGED_CONFIGS.glob("*.py") if p.name != "__init__.py"))
+            fail(f"--config {value}: no such file, and not a packaged config (those are {known})")
+        out[index] = f"{prefix}{packaged}{sep}{rest}"
+    return out

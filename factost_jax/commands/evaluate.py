@@ -1,0 +1,113 @@
+"""Evaluate a baseline or a FactoST checkpoint on a dataset split with BasicTS metrics.
+
+  python launch/evaluate.py --dataset HZMETRO --model seasonal_naive_day --input_len 12 --horizon 12 \
+      [--split test] [--output result.json] [--data_dir DIR] [--batch_size 256] [--channel 0]
+  python launch/evaluate.py --checkpoint runs/tiny --dataset ETTh2 --input_len 96 --horizon 96 \
+      [--with_baselines] [--allow_overlap] [--plot plots/]
+
+Prints the per-horizon table (rows avg, step_3, step_6, step_12; columns MAE, RMSE, MAPE, and QL,
+coverage_80 for a checkpoint; MAPE is a fraction) and writes the result as JSON when --output is
+given. --checkpoint takes a workdir, its checkpoints/ dir, a step dir or a shipped name, and evaluates
+the latest checkpoint (zero-shot for stage 1, channel-independently); a dataset the checkpoint was
+pretrained on is refused unless --allow_overlap. --with_baselines adds every baseline and prints one
+comparison table (a row per model); the JSON keeps the main result's keys and gains "results" (every
+evaluated model, the main one first) and "skipped" ({"model", "error"} of baselines that cannot run
+on these windows). --plot DIR writes PNGs of a few windows and sensors with quantile bands. A user
+error prints one line `error: ...` on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from absl import app, flags, logging
+
+from factost_jax.cli import fail, flag_parser, reject_positional
+from factost_jax.eval import baselines
+from factost_jax.eval.evaluate import (
+    format_comparison,
+    format_table,
+    json_safe,
+    plot_evaluation_windows,
+    run_evaluation,
+)
+
+flags.DEFINE_string("dataset", None, "Dataset name, e.g. HZMETRO, HZMETRO:out, LOS-LOOP, ETTh2.")
+flags.DEFINE_enum("model", None, sorted(baselines.BASELINES), "Baseline to evaluate.")
+flags.DEFINE_string("checkpoint", None, "FactoST checkpoint (workdir, checkpoints dir, step dir or shipped name) "
+                    "to evaluate instead of --model; stage 1 is evaluated zero-shot.")
+flags.DEFINE_integer("input_len", None, "Context length L.", lower_bound=1)
+flags.DEFINE_integer("horizon", None, "Forecast horizon H.", lower_bound=1)
+flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to evaluate.")
+flags.DEFINE_string("output", None, "Write the result JSON here.")
+flags.DEFINE_string("data_dir", None, "Real-data directory (default: $FACTOST_DATA_DIR or ../shared/data).")
+flags.DEFINE_integer("batch_size", 256, "Windows per forecast call.", lower_bound=1)
+flags.DEFINE_integer("channel", 0, "Channel of the dataset to forecast.", lower_bound=0)
+flags.DEFINE_bool("with_baselines", False, "Also evaluate every baseline and print one table with a row per model.")
+flags.DEFINE_bool("allow_overlap", False, "Evaluate a checkpoint even on data its pretraining corpus contained.")
+flags.DEFINE_string("plot", None, "Write PNG plots of a few windows (sensors, median, quantile bands) into this dir.")
+flags.mark_flags_as_required(["dataset", "input_len", "horizon"])
+flags.mark_flags_as_mutual_exclusive(["model", "checkpoint"], required=True)
+
+FLAGS = flags.FLAGS
+
+
+def _common_kwargs() -> dict:
+    return {"split": FLAGS.split, "data_dir": FLAGS.data_dir, "channel": FLAGS.channel}
+
+
+def _baseline_results(skip: str | None) -> list[dict]:
+    """Every baseline but `skip` on the same windows; one that cannot run records its reason."""
+    results = []
+    for name in sorted(baselines.BASELINES):
+        if name == skip:
+            continue
+        try:
+            results.append(run_evaluation(FLAGS.dataset, name, FLAGS.input_len, FLAGS.horizon,
+                                          batch_size=FLAGS.batch_size, progress=False, **_common_kwargs()))
+        except ValueError as error:
+            results.append({"model": name, "error": " ".join(str(error).split())})
+    return results
+
+
+def main(argv: list[str]) -> None:
+    reject_positional(argv)
+    logging.set_verbosity(logging.ERROR)  # Orbax logs every restore at INFO/WARNING; errors stay one line
+    try:
+        result = run_evaluation(FLAGS.dataset, FLAGS.model, FLAGS.input_len, FLAGS.horizon,
+                                batch_size=FLAGS.batch_size, checkpoint=FLAGS.checkpoint,
+                                allow_overlap=FLAGS.allow_overlap, **_common_kwargs())
+        compared = _baseline_results(FLAGS.model) if FLAGS.with_baselines else None
+        plot_paths = []
+        if FLAGS.plot:
+            plot_paths = plot_evaluation_windows(FLAGS.dataset, FLAGS.model, FLAGS.input_len, FLAGS.horizon,
+                                                 FLAGS.plot, checkpoint=FLAGS.checkpoint,
+                                                 allow_overlap=FLAGS.allow_overlap, **_common_kwargs())
+    except (ValueError, FileNotFoundError) as error:
+        fail(str(error))
+    print(format_table(result))
+    if compared is not None:
+        evaluated = [result, *(r for r in compared if "error" not in r)]
+        skipped = [r for r in compared if "error" in r]
+        print()
+        print(format_comparison(evaluated))
+        for row in skipped:
+            print(f"skipped {row['model']}: {row['error']}")
+        result = {**result, "results": evaluated, "skipped": skipped}
+    for path in plot_paths:
+        print(f"wrote {path}")
+    if FLAGS.output:
+        output = pathlib.Path(FLAGS.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(json_safe(result), indent=2) + "\n")
+        print(f"wrote {output}")
+
+
+def run() -> None:
+    """The `factost-evaluate` entry point (and `python launch/evaluate.py`)."""
+    app.run(main, flags_parser=flag_parser(FLAGS))
+
+
+if __name__ == "__main__":
+    run()

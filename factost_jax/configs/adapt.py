@@ -1,0 +1,140 @@
+"""Stage-2 adaptation configs: `--config configs/adapt.py:<variant>`.
+
+Variants (dataset, default lengths): hzmetro (HZMETRO inflow), hzmetro_out, los_loop, aqi36 (24->24),
+montevideo_bus, pems03, pems04, pems07, pems08, metr_la, pems_bay (these six need the user's series
+files in the data dir), synthetic (the embedded sensor network, no files), etth2 and weather (96->96,
+the variables as nodes). Everything else is 12->12.
+
+  python launch/adapt.py --config configs/adapt.py:hzmetro --config.init_from=runs/tiny --workdir runs/hz
+  python launch/adapt.py --config configs/adapt.py:los_loop --config.model=stid --config.data.few_shot_ratio=1.0 \
+      --workdir runs/los_stid_full
+  ... --config.input_len=96 --config.horizon=96          # long-term setting
+
+Top-level fields: dataset, input_len, horizon, model ("factost" | "stid"), init_from (a stage-1
+workdir / checkpoint dir; default: the shipped factost-tiny when it exists, required for FactoST),
+model_size (optional check against the checkpoint), trainable ("adapter" | "adapter+head" | "all"),
+loss ("mae" | "pinball" | "mae+pinball"), compute_dtype, remat. Sections: data (few-shot subset,
+memory replay, batch), adapter (AdapterConfig fields but num_nodes), stid (STIDConfig sizes), train
+(TrainConfig fields plus patience, min_delta, eval_batch_size), mesh.shape.
+
+`validate_config(config)` turns the result into a frozen `AdaptRunConfig` (ValueError naming the
+first bad field); the launcher calls it before anything touches the workdir.
+"""
+
+from ml_collections import config_dict
+
+# variant -> (dataset name, input_len, horizon)
+VARIANTS: dict[str, tuple[str, int, int]] = {
+    "hzmetro": ("HZMETRO", 12, 12),
+    "hzmetro_out": ("HZMETRO:out", 12, 12),
+    "los_loop": ("LOS-LOOP", 12, 12),
+    "aqi36": ("AQI36", 24, 24),
+    "montevideo_bus": ("MONTEVIDEO_BUS", 12, 12),
+    "pems03": ("PEMS03", 12, 12),
+    "pems04": ("PEMS04", 12, 12),
+    "pems07": ("PEMS07", 12, 12),
+    "pems08": ("PEMS08", 12, 12),
+    "metr_la": ("METR-LA", 12, 12),
+    "pems_bay": ("PEMS-BAY", 12, 12),
+    "synthetic": ("synthetic", 12, 12),
+    # Long-term setting on the LTSF sets (variables as nodes, normalised scale).
+    "etth2": ("ETTh2", 96, 96),
+    "weather": ("WEATHER", 96, 96),
+}
+
+
+def _base_config(dataset: str, input_len: int, horizon: int) -> config_dict.ConfigDict:
+    config = config_dict.ConfigDict()
+    config.dataset = dataset
+    config.input_len = input_len
+    config.horizon = horizon
+    config.model = "factost"
+    config.init_from = config_dict.placeholder(str)
+    config.model_size = config_dict.placeholder(str)  # None: whatever size the checkpoint holds
+    config.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU
+    config.remat = False
+    # trainable: picked by validation MAE on HZMETRO and LOS-LOOP. loss: "mae" and "mae+pinball" tie on
+    # validation MAE; "mae+pinball" keeps the quantiles calibrated (docs/results.md, "Stage-2 defaults and why").
+    config.trainable = "all"
+    config.loss = "mae"
+
+    # Data: factost_jax.data.st_pipeline.STDataConfig (dataset / lengths come from the top level).
+    config.data = config_dict.ConfigDict()
+    config.data.data_dir = config_dict.placeholder(str)  # None: $FACTOST_DATA_DIR or ../shared/data
+    config.data.channel = 0
+    config.data.few_shot_ratio = 0.1
+    config.data.few_shot_selection = "uniform"
+    config.data.memory_fraction = 0.2
+    config.data.replay_ratio = 0.3
+    config.data.batch_size = 32  # global
+    config.data.seed = 2025
+    config.data.synthetic_nodes = 64
+    config.data.synthetic_days = 28
+    config.data.read_threads = 2
+    config.data.prefetch_batches = 4
+
+    # Adapter: factost_jax.model.adapter.AdapterConfig (num_nodes comes from the data); spec §3.3.
+    config.adapter = config_dict.ConfigDict()
+    config.adapter.calendar_features = (("time_of_day", 24), ("day_of_week", 7))
+    config.adapter.embedding_dim = 32
+    config.adapter.num_prompt_tokens = 3
+    config.adapter.max_delay = 3
+    config.adapter.num_prototypes = 32
+    config.adapter.use_st_metadata = True
+    config.adapter.use_cpr = True
+    config.adapter.use_st_filtering = True
+    config.adapter.use_prompts = True
+    config.adapter.outer_revin = True
+    config.adapter.dropout = 0.2
+    config.adapter.cpr_num_heads = 4
+    config.adapter.cpr_dropout = 0.5
+    config.adapter.prompt_attention = "zero_gated"
+
+    # STID expert: factost_jax.model.stid.STIDConfig sizes (the paper's: 32-wide parts, 3 layers).
+    config.stid = config_dict.ConfigDict()
+    config.stid.series_embed_dim = 32
+    config.stid.node_embed_dim = 32
+    config.stid.tod_embed_dim = 32
+    config.stid.dow_embed_dim = 32
+    config.stid.num_layers = 3
+    config.stid.dropout = 0.15
+
+    # Training loop (factost_jax.train.loop.TrainConfig) + early stopping.
+    config.train = config_dict.ConfigDict()
+    config.train.steps = 1000
+    config.train.lr = 1e-3
+    config.train.warmup_frac = 0.05
+    config.train.stable_until_frac = 0.6
+    config.train.decay = "sqrt"
+    config.train.weight_decay = 0.01
+    config.train.clip_norm = 1.0
+    config.train.log_every = 25
+    config.train.eval_every = 50
+    config.train.checkpoint_every = 50
+    config.train.max_to_keep = 2
+    config.train.seed = 2025
+    config.train.max_consecutive_skips = 20
+    config.train.progress = True
+    config.train.patience = 5  # evaluations without a better validation MAE; 0 never stops early
+    config.train.min_delta = 0.0
+    config.train.eval_batch_size = 64
+
+    config.mesh = config_dict.ConfigDict()
+    config.mesh.shape = "-1,1,1"
+    return config
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+    variant = (arg or "synthetic").strip().lower()
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown adapt config variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    config = _base_config(*VARIANTS[variant])
+    config.variant = variant
+    return config
+
+
+def validate_config(config):
+    """ConfigDict -> factost_jax.train.stage2.AdaptRunConfig (frozen), or ValueError naming the bad field."""
+    from factost_jax.train.stage2 import validate_adapt_config
+
+    return validate_adapt_config(config)
