@@ -900,12 +900,19 @@ def clear_cache() -> None:
     _load_cached.cache_clear()
 
 
-def load_dataset(name: str, data_dir: PathLike | None = None) -> STDataset:
+def load_dataset(name: str, data_dir: PathLike | None = None, file_options=None) -> STDataset:
     """Load one dataset by name from `data_dir` (default `default_data_dir()`) with its conventions applied.
+
+    A `name` ending in .csv / .parquet / .npz is a user's own file, read by `data/user_files.py` with
+    `file_options` (a `FileSourceOptions` or mapping; `data_dir` is not used for it).
 
     Returns an `STDataset` whose arrays are read-only (copy before changing them).
     Raises ValueError for an unknown name or a malformed file, FileNotFoundError for a missing folder/file.
     """
+    from factost_jax.data import user_files
+
+    if user_files.is_file_source(name):
+        return user_files.load_file_dataset(name, file_options)
     name = canonical_name(name)
     info = DATASET_INFO[name]
     if info.folder is None:

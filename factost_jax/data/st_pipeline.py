@@ -91,6 +91,10 @@ class STDataConfig:
       synthetic_nodes / synthetic_days: size of the synthetic network (dataset "synthetic" only).
       read_threads: in-process Grain threads building batches (0: synchronous).
       prefetch_batches: batches Grain builds ahead per process.
+      id_column, timestamp_column, target, nodes, adjacency, freq, split_ratios, null_val, norm: how to
+        read a user file (`dataset` ending in .csv / .parquet / .npz), see
+        `user_files.FileSourceOptions`; None keeps its default. Registered datasets keep their own
+        conventions, so setting any of these for one is an error.
     """
 
     dataset: str = "synthetic"
@@ -108,6 +112,15 @@ class STDataConfig:
     synthetic_days: int = 28
     read_threads: int = 2
     prefetch_batches: int = 4
+    id_column: str | None = None
+    timestamp_column: str | None = None
+    target: str | None = None
+    nodes: str | None = None
+    adjacency: str | None = None
+    freq: str | None = None
+    split_ratios: tuple[float, float, float] | None = None
+    null_val: float | None = None
+    norm: str | None = None
 
     def __post_init__(self):
         if self.data_dir is not None:
@@ -140,12 +153,26 @@ class STDataConfig:
                 raise ValueError(
                     f"replay_ratio={self.replay_ratio} x batch_size={self.batch_size} gives {memory_rows} memory rows "
                     f"per batch; choose values giving between 1 and batch_size - 1 (or replay_ratio=0 to disable replay)")
+        self.file_options()  # a bad file option names itself; a registered dataset refuses them
         if _as_int(process_count, "process_count") < 1:
             raise ValueError(f"process_count must be a positive integer, got {process_count}")
         if self.batch_size % process_count:
             raise ValueError(f"batch_size={self.batch_size} (global) must be divisible by the process count "
                              f"{process_count}")
         return self
+
+    def file_options(self) -> Any:
+        """The `user_files.FileSourceOptions` of a file dataset, None for a registered one."""
+        from factost_jax.data import user_files
+
+        values = {name: getattr(self, name) for name in user_files.OPTION_FIELDS}
+        if not user_files.is_file_source(self.dataset):
+            given = sorted(name for name, value in values.items() if value is not None)
+            if given:
+                raise ValueError(f"data.{given[0]} only applies to a file dataset (dataset=PATH ending in "
+                                 f"{', '.join(user_files.FILE_SUFFIXES)}); {self.dataset} keeps its own conventions")
+            return None
+        return user_files.FileSourceOptions.from_mapping(values)
 
     @property
     def replay_enabled(self) -> bool:
@@ -205,8 +232,11 @@ def load_st_dataset(config: STDataConfig) -> STDataset:
     """
     from factost_jax.data import formats
 
-    name = formats.canonical_name(config.dataset)
-    if name == SYNTHETIC:
+    options = config.file_options()
+    name = config.dataset if options is not None else formats.canonical_name(config.dataset)
+    if options is not None:
+        dataset = formats.load_dataset(name, file_options=options)
+    elif name == SYNTHETIC:
         from factost_jax.data.synthetic import synthetic_network
 
         info = formats.DATASET_INFO[SYNTHETIC]
