@@ -365,8 +365,7 @@ def commands_block(jobs: list[dict[str, Any]]) -> list[str]:
 def render(args: argparse.Namespace, zero_jobs, few_jobs, sweep, present: set[str]) -> str:
     checkpoint_metadata = {}
     try:
-        from factost_jax.checkpoint import find_checkpoint, read_step_metadata
-        from factost_jax.forecast import resolve_checkpoint_path
+        from factost_jax.checkpoint import find_checkpoint, read_step_metadata, resolve_checkpoint_path
 
         step_dir, _ = find_checkpoint(resolve_checkpoint_path(args.checkpoint))
         checkpoint_metadata = read_step_metadata(step_dir)

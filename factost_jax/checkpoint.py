@@ -9,12 +9,14 @@ On-disk layout (what `train/loop.py` writes through an Orbax `CheckpointManager`
         metadata/metadata   JSON: {"step", "stage", "model_config", "run_config", ...}
 
 A shipped inference checkpoint (`save_inference_checkpoint`) is one such step directory holding
-only `params/` and `metadata/`. This module knows only `model/config.py`.
+only `params/` and `metadata/`; `resolve_checkpoint_path` finds one by name ("factost-tiny"). This
+module knows only `model/config.py`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import warnings
 from collections.abc import Mapping
@@ -32,10 +34,39 @@ DATA_ITER_ITEM = "data_iter"
 METADATA_ITEM = "metadata"
 METADATA_FILE = "metadata"  # Orbax's JsonSave file name inside the item directory
 INFERENCE_DTYPES = ("float32", "bfloat16")
+SHIPPED_CHECKPOINTS_DIR = "pretrained"  # package data: factost_jax/pretrained/<name>
 
 
 class UnreadableCheckpointError(ValueError):
     """A step directory that exists but cannot be read back: cut off, truncated or corrupted."""
+
+
+def shipped_roots() -> list[pathlib.Path]:
+    """Where shipped checkpoints live: `factost_jax/pretrained/`, package data, so the same place in a
+    source checkout and in an installed wheel."""
+    return [pathlib.Path(__file__).resolve().parent / SHIPPED_CHECKPOINTS_DIR]
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> pathlib.Path:
+    """An existing path as given, or a shipped checkpoint name ("factost-tiny") -> its directory.
+
+    A bare name (no path separator) that is not an existing path is looked up in
+    `factost_jax/pretrained/<name>` (package data). Raises FileNotFoundError listing the places tried.
+    """
+    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+        raise ValueError(f"checkpoint path must be a non-empty path or name, got {path!r}")
+    given = pathlib.Path(path).expanduser()
+    if given.exists():
+        return given
+    text = os.fspath(path)
+    if os.sep in text or (os.altsep and os.altsep in text):
+        raise FileNotFoundError(f"checkpoint path {given} does not exist")
+    candidates = [root / text for root in shipped_roots()]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"checkpoint {text!r} is neither an existing path nor a shipped checkpoint (tried {tried})")
 
 
 def read_step_metadata(step_dir: str | pathlib.Path) -> dict[str, Any]:

@@ -20,6 +20,9 @@ precision: a series at 1e9 with unit noise, or one at 1e-9, keeps its detail in 
 Compilation. Contexts are left-padded with NaN to a few bucket lengths and rows to power-of-two
 batch buckets (see `model/rollout.py`), so a session compiles a bounded number of programs;
 `compile()` builds them up front.
+
+Input checks live in `inputs/series.py` (arrays) and `inputs/timestamps.py` (pandas time axes);
+checkpoint names resolve through `checkpoint.resolve_checkpoint_path`.
 """
 
 from __future__ import annotations
@@ -32,47 +35,26 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+import pandas as pd
+import tqdm
 
-# Process-wide XLA flags for inference, appended to XLA_FLAGS by `_configure_runtime()`. Empty: the
-# one setting measured to help CPU inference (YNNPACK fusion off, docs/performance.md) is applied per
-# program by `encoder.jitted_apply`, so training in the same process keeps its own best setting.
-INFERENCE_XLA_FLAGS: tuple[str, ...] = ()
-
-
-def _configure_runtime() -> None:
-    """Appends `INFERENCE_XLA_FLAGS` to `$XLA_FLAGS` (each only if absent); a no-op while it is empty.
-
-    XLA reads the variable when JAX starts its backend, so this runs at import of this module,
-    before any program is compiled; flags added after the backend started have no effect.
-    """
-    if not INFERENCE_XLA_FLAGS:
-        return
-    present = os.environ.get("XLA_FLAGS", "").split()
-    missing = [flag for flag in INFERENCE_XLA_FLAGS if flag.split("=")[0] not in {p.split("=")[0] for p in present}]
-    if missing:
-        os.environ["XLA_FLAGS"] = " ".join(present + missing)
-
-
-_configure_runtime()
-
-import jax  # noqa: E402  (after _configure_runtime, which must see the environment first)
-import pandas as pd  # noqa: E402
-import tqdm  # noqa: E402
-
-from factost_jax import checkpoint as ckpt_io  # noqa: E402
-from factost_jax.model import rollout  # noqa: E402
-from factost_jax.model.config import ModelConfig  # noqa: E402
-from factost_jax.model.encoder import Params, jitted_apply, unbox  # noqa: E402
+from factost_jax import checkpoint as ckpt_io
+from factost_jax.checkpoint import resolve_checkpoint_path
+from factost_jax.inputs.series import (check_horizon, check_levels, check_observed, positive_int, rows_per_call,
+                                       series_matrix, standardise, to_float_series, trained_index)
+from factost_jax.inputs.timestamps import (calendar, calendar_steps_per_day, check_timestamps, future_timestamps,
+                                           infer_step, regular_grid)
+from factost_jax.model import rollout
+from factost_jax.model.config import ModelConfig
+from factost_jax.model.encoder import Params, jitted_apply, unbox
 
 __all__ = ["DEFAULT_QUANTILES", "Forecaster", "QuantileForecast", "resolve_checkpoint_path", "level_column"]
 
 DEFAULT_QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 DEFAULT_BATCH_SIZE = 256
-SHIPPED_CHECKPOINTS_DIR = "pretrained"  # package data: factost_jax/pretrained/<name>
 ADAPTER_KEY = "adapter"
-_LEVEL_TOLERANCE = 1e-9
-_MAX_NAMED = 5  # how many offending indices / ids an error message lists
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -95,227 +77,6 @@ def level_column(level: float) -> str:
     return np.format_float_positional(float(level), trim="-")
 
 
-def _shipped_roots() -> list[pathlib.Path]:
-    """Where shipped checkpoints live: `factost_jax/pretrained/`, package data, so the same place in a
-    source checkout and in an installed wheel."""
-    return [pathlib.Path(__file__).resolve().parent / SHIPPED_CHECKPOINTS_DIR]
-
-
-def resolve_checkpoint_path(path: str | os.PathLike) -> pathlib.Path:
-    """An existing path as given, or a shipped checkpoint name ("factost-tiny") -> its directory.
-
-    A bare name (no path separator) that is not an existing path is looked up in
-    `factost_jax/pretrained/<name>` (package data). Raises FileNotFoundError listing the places tried.
-    """
-    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
-        raise ValueError(f"checkpoint path must be a non-empty path or name, got {path!r}")
-    given = pathlib.Path(path).expanduser()
-    if given.exists():
-        return given
-    text = os.fspath(path)
-    if os.sep in text or (os.altsep and os.altsep in text):
-        raise FileNotFoundError(f"checkpoint path {given} does not exist")
-    candidates = [root / text for root in _shipped_roots()]
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
-    tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(f"checkpoint {text!r} is neither an existing path nor a shipped checkpoint (tried {tried})")
-
-
-# --------------------------------------------------------------------------- input checks
-
-
-def _check_horizon(horizon: Any) -> int:
-    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer):
-        raise ValueError(f"horizon must be an int, got {type(horizon).__name__} {horizon!r}")
-    if horizon <= 0:
-        raise ValueError(f"horizon must be a positive int, got {horizon}")
-    return int(horizon)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _check_levels(quantiles: Any) -> np.ndarray:
-    """Requested levels -> [Q] float64, sorted, duplicates removed; each strictly inside (0, 1)."""
-    if isinstance(quantiles, str | bytes) or not isinstance(quantiles, Sequence | np.ndarray):
-        raise ValueError(f"quantiles must be a sequence of levels in (0, 1), got {quantiles!r}")
-    try:
-        levels = np.asarray(quantiles, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"quantiles must be numbers in (0, 1), got {quantiles!r}") from None
-    if levels.ndim != 1 or levels.size == 0:
-        raise ValueError(f"quantiles must be a non-empty 1-D sequence of levels, got {quantiles!r}")
-    outside = [float(v) for v in levels if not (np.isfinite(v) and 0.0 < v < 1.0)]
-    if outside:
-        raise ValueError(f"quantile levels must lie strictly inside (0, 1); got {outside}")
-    return np.unique(levels)
-
-
-def _trained_index(trained: np.ndarray, level: float) -> int | None:
-    hits = np.flatnonzero(np.abs(trained - level) < _LEVEL_TOLERANCE)
-    return int(hits[0]) if hits.size else None
-
-
-def _to_float_series(item: Any, where: str) -> np.ndarray:
-    try:
-        series = np.asarray(item, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where} is not numeric (got {type(item).__name__})") from None
-    return series
-
-
-def _series_matrix(inputs: Any, max_length: int) -> np.ndarray:
-    """[B, T] array or list of 1-D series -> [B, L] float64 (last `max_length` steps), NaN-left-padded.
-
-    Infinite values count as missing. Raises ValueError for wrong dimensions or empty series.
-    """
-    if isinstance(inputs, pd.DataFrame):
-        raise ValueError("inputs is a DataFrame: use forecast_df(df, ...) for long-format pandas input")
-    if isinstance(inputs, np.ndarray | jax.Array):
-        matrix = _to_float_series(inputs, "inputs")
-        if matrix.ndim == 1:
-            raise ValueError(f"inputs must be [B, T] or a list of 1-D series, got a 1-D array of shape {matrix.shape}; "
-                             "for one series pass x[None, :] or [x]")
-        if matrix.ndim != 2:
-            raise ValueError(f"inputs must be [B, T] or a list of 1-D series, got an array of shape {matrix.shape}")
-        if matrix.shape[0] == 0:
-            raise ValueError("inputs is empty: got 0 series")
-        if matrix.shape[1] == 0:
-            raise ValueError(f"inputs has series of length 0 (shape {matrix.shape})")
-        matrix = matrix[:, -max_length:]
-    elif isinstance(inputs, Sequence) and not isinstance(inputs, str | bytes):
-        if len(inputs) == 0:
-            raise ValueError("inputs is empty: got 0 series")
-        rows = []
-        for index, item in enumerate(inputs):
-            series = _to_float_series(item, f"inputs[{index}]")
-            if series.ndim != 1:
-                raise ValueError(f"inputs[{index}] must be a 1-D series, got shape {series.shape}")
-            if series.size == 0:
-                raise ValueError(f"inputs[{index}] is an empty series")
-            rows.append(series[-max_length:])
-        width = max(row.size for row in rows)
-        matrix = np.full((len(rows), width), np.nan)
-        for index, row in enumerate(rows):
-            matrix[index, width - row.size:] = row
-    else:
-        raise ValueError(f"inputs must be a [B, T] array or a list of 1-D series, got {type(inputs).__name__}")
-    return np.where(np.isfinite(matrix), matrix, np.nan)
-
-
-def _rows_per_call(batch_size: int) -> int:
-    """The rollout's row cap for `batch_size` series per chunk: the next power of two (it requires one)."""
-    return 1 << max(batch_size - 1, 0).bit_length()
-
-
-def _check_observed(matrix: np.ndarray, names: Sequence[Any] | None = None) -> None:
-    empty = np.flatnonzero(~np.isfinite(matrix).any(axis=1))
-    if empty.size:
-        shown = [names[i] for i in empty[:_MAX_NAMED]] if names is not None else empty[:_MAX_NAMED].tolist()
-        more = f" and {empty.size - _MAX_NAMED} more" if empty.size > _MAX_NAMED else ""
-        what = "ids" if names is not None else "indices"
-        raise ValueError(f"series with no observed (finite) value at {what} {shown}{more}: "
-                         "drop them or give them at least one value")
-
-
-def _standardise(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[B, L] float64 -> (standardised float32, loc [B, 1], scale [B, 1]) over each row's observed values."""
-    observed = np.isfinite(matrix)
-    count = observed.sum(axis=1, keepdims=True)
-    safe = np.where(observed, matrix, 0.0)
-    loc = np.where(count > 0, safe.sum(axis=1, keepdims=True) / np.maximum(count, 1), 0.0)
-    spread = np.sqrt(np.where(observed, np.square(matrix - loc), 0.0).sum(axis=1, keepdims=True) / np.maximum(count, 1))
-    # A flat row is scaled by its level, so the encoder's epsilon-sized response to a flat input
-    # stays tiny relative to the series (a constant 1e-9 is not forecast as 1e-9 +- 1e-6).
-    flat_scale = np.where(np.abs(loc) > 0, np.abs(loc), 1.0)
-    scale = np.where(np.isfinite(spread) & (spread > 0), spread, flat_scale)
-    return ((matrix - loc) / scale).astype(np.float32), loc, scale
-
-
-def _infer_step(timestamps: pd.DatetimeIndex, where: str) -> tuple[Any, pd.Timedelta]:
-    """(frequency: a pandas offset or a Timedelta, step as a Timedelta) of strictly increasing stamps."""
-    if len(timestamps) < 2:
-        raise ValueError(f"{where} has {len(timestamps)} timestamp(s): at least 2 are needed to infer the frequency")
-    median_step = pd.Timedelta(int(np.median(np.diff(timestamps.as_unit("ns").asi8))), unit="ns")
-    freq = _infer_freq(timestamps) if len(timestamps) >= 3 else None
-    if freq is not None:
-        offset = pd.tseries.frequencies.to_offset(freq)
-        try:
-            step = pd.Timedelta(offset)
-        except ValueError:  # calendar offsets (month, year, ...) have no fixed length
-            step = median_step
-        return offset, step
-    # Irregular or gappy stamps: the median step is the most common spacing of real series.
-    return median_step, median_step
-
-
-def _infer_freq(timestamps: pd.DatetimeIndex) -> Any:
-    """pd.infer_freq as an offset or string (None when irregular), without pandas' deprecation noise."""
-    try:
-        with pd.option_context("future.infer_freq_returns_offset", True):
-            return pd.infer_freq(timestamps)
-    except pd.errors.OptionError:  # older pandas: the option does not exist and strings are returned
-        pass
-    except (TypeError, ValueError):
-        return None
-    try:
-        return pd.infer_freq(timestamps)
-    except (TypeError, ValueError):
-        return None
-
-
-def _future_timestamps(last: pd.Timestamp, freq: Any, horizon: int) -> pd.DatetimeIndex:
-    if isinstance(freq, pd.Timedelta):
-        return pd.DatetimeIndex([last + freq * k for k in range(1, horizon + 1)])
-    return pd.date_range(start=last, periods=horizon + 1, freq=freq)[1:]
-
-
-def _check_timestamps(raw: Any, where: str) -> pd.DatetimeIndex:
-    try:
-        stamps = pd.DatetimeIndex(pd.to_datetime(np.asarray(raw)))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: timestamps are not datetimes ({error})") from None
-    if stamps.hasnans:
-        raise ValueError(f"{where}: timestamps contain missing values (NaT)")
-    duplicated = stamps[stamps.duplicated()]
-    if len(duplicated):
-        raise ValueError(f"{where}: duplicate timestamp {duplicated[0]} (timestamps must be unique)")
-    if not stamps.is_monotonic_increasing:
-        position = int(np.flatnonzero(np.diff(stamps.as_unit("ns").asi8) < 0)[0]) + 1
-        raise ValueError(f"{where}: timestamps are not increasing ({stamps[position]} comes after "
-                         f"{stamps[position - 1]}); sort them first")
-    return stamps
-
-
-def _regular_grid(values: np.ndarray, stamps: pd.DatetimeIndex, step: pd.Timedelta) -> np.ndarray:
-    """Values on the regular grid of `step` (gaps become NaN) when every stamp lies on it, else as given."""
-    nanoseconds = stamps.as_unit("ns").asi8
-    offsets = nanoseconds - nanoseconds[0]
-    step_ns = step.value
-    if step_ns <= 0 or np.any(offsets % step_ns):
-        return values
-    positions = offsets // step_ns
-    grid = np.full(int(positions[-1]) + 1, np.nan)
-    grid[positions] = values
-    return grid
-
-
-def _calendar_steps_per_day(step: pd.Timedelta) -> int:
-    if step >= pd.Timedelta("1D"):
-        return 1
-    return max(1, int(round(pd.Timedelta("1D") / step)))
-
-
-def _calendar(stamps: pd.DatetimeIndex, steps_per_day: int) -> tuple[np.ndarray, np.ndarray]:
-    """(time_of_day slot 0..steps_per_day-1, day_of_week Monday=0), both [T] int32, as STDataset computes them."""
-    seconds = stamps.hour * 3600 + stamps.minute * 60 + stamps.second
-    slot = np.floor(np.asarray(seconds) / (86400 / steps_per_day)).astype(np.int32) % steps_per_day
-    return slot.astype(np.int32), np.asarray(stamps.day_of_week, np.int32)
 
 
 def _adapter_config_dict(metadata: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -327,7 +88,6 @@ def _adapter_config_dict(metadata: Mapping[str, Any]) -> Mapping[str, Any] | Non
     if isinstance(run_config, Mapping) and isinstance(run_config.get("adapter"), Mapping):
         return run_config["adapter"]
     return None
-
 
 # --------------------------------------------------------------------------- the forecaster
 
@@ -428,7 +188,7 @@ class Forecaster:
         def patches_for(steps: int) -> int:
             return min(math.ceil(steps / cfg.patch_size), cfg.max_output_patches)
 
-        max_batch = _rows_per_call(batch_size)
+        max_batch = rows_per_call(batch_size)
         shapes = set()
         first_rows = rollout._batch_bucket(batch_size, max_batch)
         for bucket in buckets[: buckets.index(bucket_of(max_context)) + 1]:
@@ -455,9 +215,9 @@ class Forecaster:
         """
         if self.stage != 1:
             raise ValueError("compile() warms the stage-1 programs; a stage-2 model compiles on its first forecast_network")
-        max_context = self.config.max_context_length if max_context is None else _positive_int(max_context, "max_context")
-        max_horizon = self.config.max_horizon if max_horizon is None else _positive_int(max_horizon, "max_horizon")
-        batch_size = _positive_int(batch_size, "batch_size")
+        max_context = self.config.max_context_length if max_context is None else positive_int(max_context, "max_context")
+        max_horizon = self.config.max_horizon if max_horizon is None else positive_int(max_horizon, "max_horizon")
+        batch_size = positive_int(batch_size, "batch_size")
         forward = jitted_apply(self.config)
         for rows, bucket, patches in self.program_shapes(max_context, max_horizon, batch_size):
             context = np.full((rows, bucket), np.nan, np.float32)
@@ -473,7 +233,7 @@ class Forecaster:
     def _select_levels(self, trained_quantiles: np.ndarray, levels: np.ndarray) -> np.ndarray:
         """[..., Q_trained] sorted -> [..., Q] at `levels`, interpolating (with a warning) untrained ones."""
         trained = self.quantile_levels
-        untrained = [float(level) for level in levels if _trained_index(trained, level) is None]
+        untrained = [float(level) for level in levels if trained_index(trained, level) is None]
         if untrained:
             clamped = [level for level in untrained if not trained[0] <= level <= trained[-1]]
             note = (f"; levels outside [{trained[0]}, {trained[-1]}] take the nearest trained quantile {clamped}"
@@ -485,10 +245,10 @@ class Forecaster:
 
     def _forecast_rows(self, matrix: np.ndarray, horizon: int, batch_size: int, progress: bool | None) -> np.ndarray:
         """[B, L] float64 (NaN = missing) -> [B, H, Q_trained] float32 in the input's units, sorted along Q."""
-        standardised, loc, scale = _standardise(matrix)
+        standardised, loc, scale = standardise(matrix)
         rows = standardised.shape[0]
         show = rows > batch_size if progress is None else bool(progress)
-        max_batch = _rows_per_call(batch_size)
+        max_batch = rows_per_call(batch_size)
         outputs = []
         with tqdm.tqdm(total=rows, desc="forecast", unit="series", disable=not show) as bar:
             for start in range(0, rows, batch_size):
@@ -522,14 +282,14 @@ class Forecaster:
             horizon, batch size or level.
         """
         self._require_stage1("forecast")
-        horizon = _check_horizon(horizon)
-        levels = _check_levels(quantiles)
-        batch_size = _positive_int(batch_size, "batch_size")
-        matrix = _series_matrix(inputs, self.config.max_context_length)
+        horizon = check_horizon(horizon)
+        levels = check_levels(quantiles)
+        batch_size = positive_int(batch_size, "batch_size")
+        matrix = series_matrix(inputs, self.config.max_context_length)
         if not allow_unobserved:
-            _check_observed(matrix)
+            check_observed(matrix)
         trained = self._forecast_rows(matrix, horizon, batch_size, progress)
-        median_index = _trained_index(self.quantile_levels, 0.5)
+        median_index = trained_index(self.quantile_levels, 0.5)
         return QuantileForecast(median=np.ascontiguousarray(trained[..., median_index]),
                                 quantiles=self._select_levels(trained, levels).astype(np.float32),
                                 quantile_levels=levels)
@@ -560,24 +320,24 @@ class Forecaster:
                              f"(set id_column / timestamp_column / target to name yours)")
         if len(df) == 0:
             raise ValueError("df has no rows")
-        horizon = _check_horizon(horizon)
-        levels = _check_levels(quantiles)
+        horizon = check_horizon(horizon)
+        levels = check_levels(quantiles)
         if df[id_column].isna().any():
             raise ValueError(f"df column {id_column!r} has missing ids")
         ids, series, futures = [], [], []
         for series_id, group in df.groupby(id_column, sort=False):
             where = f"series {series_id!r}"
-            stamps = _check_timestamps(group[timestamp_column].to_numpy(), where)
+            stamps = check_timestamps(group[timestamp_column].to_numpy(), where)
             try:
                 values = pd.to_numeric(group[target], errors="raise").to_numpy(np.float64)
             except (TypeError, ValueError):
                 raise ValueError(f"{where}: column {target!r} is not numeric") from None
-            freq, step = _infer_step(stamps, where)
+            freq, step = infer_step(stamps, where)
             ids.append(series_id)
-            series.append(_regular_grid(values, stamps, step))
-            futures.append(_future_timestamps(stamps[-1], freq, horizon))
-        matrix = _series_matrix(series, self.config.max_context_length)
-        _check_observed(matrix, names=ids)
+            series.append(regular_grid(values, stamps, step))
+            futures.append(future_timestamps(stamps[-1], freq, horizon))
+        matrix = series_matrix(series, self.config.max_context_length)
+        check_observed(matrix, names=ids)
         result = self.forecast(list(matrix), horizon, quantiles=levels, batch_size=batch_size, progress=progress)
         frame = pd.DataFrame({
             id_column: np.repeat(np.asarray(ids, dtype=object), horizon),
@@ -607,7 +367,7 @@ class Forecaster:
 
         if self.stage != 2:
             raise ValueError("this checkpoint is stage 1; forecast_network needs a stage-2 (adapted) checkpoint")
-        horizon = _check_horizon(horizon)
+        horizon = check_horizon(horizon)
         if horizon > self.config.max_horizon:
             raise ValueError(f"horizon {horizon} exceeds the adapted model's one-pass maximum "
                              f"{self.config.max_horizon}; forecast at most {self.config.max_horizon} steps")
@@ -638,7 +398,7 @@ class Forecaster:
         # (window, node) keeps large or tiny magnitudes exact in float32, as in stage 1.
         batch, length, nodes = values.shape
         flat = np.swapaxes(values, 1, 2).reshape(batch * nodes, length)
-        standardised, loc, scale = _standardise(np.where(np.isfinite(flat), flat, np.nan))
+        standardised, loc, scale = standardise(np.where(np.isfinite(flat), flat, np.nan))
         standardised = np.swapaxes(standardised.reshape(batch, nodes, length), 1, 2)
         out = np.asarray(adapter_predict(self.params, self.config, self.adapter_config, standardised,
                                          context, future, horizon), np.float64)  # [B, H, N, Q]
@@ -661,27 +421,27 @@ class Forecaster:
         """
         if self.stage != 2:
             raise ValueError("this checkpoint is stage 1; forecast_network needs a stage-2 (adapted) checkpoint")
-        horizon = _check_horizon(horizon)
-        levels = _check_levels(quantiles)
-        values = _to_float_series(values, "values")
+        horizon = check_horizon(horizon)
+        levels = check_levels(quantiles)
+        values = to_float_series(values, "values")
         if values.ndim != 2:
             raise ValueError(f"values must be [T, N], got shape {values.shape}")
         if values.shape[0] == 0:
             raise ValueError("values has no time steps")
         if not np.isfinite(values).any():
             raise ValueError("values has no observed (finite) value")
-        stamps = _check_timestamps(timestamps, "timestamps")
+        stamps = check_timestamps(timestamps, "timestamps")
         if len(stamps) != values.shape[0]:
             raise ValueError(f"timestamps has {len(stamps)} entries but values has T = {values.shape[0]} steps")
-        freq, step = _infer_step(stamps, "timestamps")
-        steps_per_day = _calendar_steps_per_day(step)
-        future_stamps = _future_timestamps(stamps[-1], freq, horizon)
-        context_tod, context_dow = _calendar(stamps, steps_per_day)
-        future_tod, future_dow = _calendar(future_stamps, steps_per_day)
+        freq, step = infer_step(stamps, "timestamps")
+        steps_per_day = calendar_steps_per_day(step)
+        future_stamps = future_timestamps(stamps[-1], freq, horizon)
+        context_tod, context_dow = calendar(stamps, steps_per_day)
+        future_tod, future_dow = calendar(future_stamps, steps_per_day)
         trained = self.network_quantiles(
             values[None], {"time_of_day": context_tod[None], "day_of_week": context_dow[None]},
             {"time_of_day": future_tod[None], "day_of_week": future_dow[None]}, horizon, steps_per_day)[0]
-        median_index = _trained_index(self.quantile_levels, 0.5)
+        median_index = trained_index(self.quantile_levels, 0.5)
         return QuantileForecast(median=np.ascontiguousarray(trained[..., median_index]),
                                 quantiles=self._select_levels(trained, levels).astype(np.float32),
                                 quantile_levels=levels)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from factost_jax import Forecaster, QuantileForecast
-from factost_jax import forecast as forecast_lib
+from factost_jax import checkpoint as ckpt_io
 from factost_jax.checkpoint import save_inference_checkpoint
 from factost_jax.data.formats import EVALUATION_DATASETS
 from factost_jax.data.windows import WindowBatch
@@ -72,7 +72,7 @@ def test_load_workdir_checkpoints_dir_step_dir_and_shipped_name(workdir, forecas
     bf16 = Forecaster(stage1_params(), model_config("debug", compute_dtype="bfloat16"))
     assert bf16.config == CONFIG  # CPU inference runs in float32 whatever the training used
 
-    monkeypatch.setattr(forecast_lib, "_shipped_roots", lambda: [workdir.parent / "nowhere", workdir.parent])
+    monkeypatch.setattr(ckpt_io, "shipped_roots", lambda: [workdir.parent / "nowhere", workdir.parent])
     assert Forecaster.load(workdir.name).path == step_dir  # a bare name resolves in the shipped roots
     with pytest.raises(FileNotFoundError, match="'factost-nope' is neither an existing path nor a shipped"):
         Forecaster.load("factost-nope")

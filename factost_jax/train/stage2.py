@@ -145,15 +145,13 @@ def resolve_init_from(init_from: str | None, model: str) -> str | None:
         if init_from:
             raise ValueError(f"init_from ({init_from}) is only used by model='factost'; STID trains from scratch")
         return None
-    from factost_jax.forecast import resolve_checkpoint_path
-
     if init_from:
         try:  # a path, or a shipped name such as "factost-tiny"
-            return str(resolve_checkpoint_path(init_from))
+            return str(ckpt_io.resolve_checkpoint_path(init_from))
         except FileNotFoundError as error:
             raise ValueError(f"init_from: {error}") from None
     try:
-        return str(resolve_checkpoint_path(DEFAULT_INIT_FROM))
+        return str(ckpt_io.resolve_checkpoint_path(DEFAULT_INIT_FROM))
     except FileNotFoundError:
         raise ValueError(f"init_from is required for model='factost': a stage-1 workdir or checkpoint directory "
                          f"(no shipped checkpoint {DEFAULT_INIT_FROM})") from None

@@ -1,0 +1,1 @@
+"""Input parsing for the Forecaster: arrays (`series.py`) and pandas time axes (`timestamps.py`)."""
