@@ -158,6 +158,27 @@ class Forecaster:
         forecaster.path = step_dir
         return forecaster
 
+    # Hugging Face Hub (factost_jax/hub.py): config.json + model.safetensors + a model card.
+    @classmethod
+    def from_pretrained(cls, repo_id_or_dir: str | os.PathLike, revision: str | None = None,
+                        **kwargs: Any) -> Forecaster:
+        """A Hub repository id ("org/name"), a `save_pretrained` directory or a shipped name."""
+        from factost_jax import hub
+
+        return hub.from_pretrained(repo_id_or_dir, revision=revision, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> pathlib.Path:
+        """Write config.json, model.safetensors and README.md (model card) into `directory`."""
+        from factost_jax import hub
+
+        return hub.save_pretrained(self, directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload the `save_pretrained` files to the Hub model repository `repo_id`; -> the commit URL."""
+        from factost_jax import hub
+
+        return hub.push_to_hub(self, repo_id, **kwargs)
+
     @property
     def stage(self) -> int:
         """1 for the universal temporal encoder, 2 for an adapted (spatio-temporal) model."""
