@@ -200,14 +200,17 @@ def is_repo_id(text: str) -> bool:
 def from_pretrained(repo_id_or_dir: str | os.PathLike, revision: str | None = None,
                     cache_dir: str | os.PathLike | None = None, token: str | bool | None = None) -> Forecaster:
     """A local pretrained directory, a Hub repository id ("org/name", through `snapshot_download`,
-    so the HF cache, HF_HUB_OFFLINE and `revision` behave as for any Hub model), or a shipped name."""
+    so the HF cache, HF_HUB_OFFLINE and `revision` behave as for any Hub model), a shipped name or an
+    Orbax checkpoint directory (`Forecaster.load`): every way to name a model, for one flag or call."""
+    from factost_jax.forecast import Forecaster
+
     text = os.fspath(repo_id_or_dir)
     local = pathlib.Path(text).expanduser()
     if local.is_dir():
-        return load_pretrained_dir(local)
+        if any((local / name).exists() for name in (CONFIG_FILE, WEIGHTS_FILE)):
+            return load_pretrained_dir(local)
+        return Forecaster.load(local)  # an Orbax workdir / checkpoints dir / step dir
     if not is_repo_id(text):
-        from factost_jax.forecast import Forecaster
-
         if "/" not in text and os.sep not in text:  # a shipped name such as "factost-tiny"
             return Forecaster.load(text)
         raise FileNotFoundError(f"from_pretrained: {text} is neither a directory nor a Hub repository id "

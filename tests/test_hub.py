@@ -129,9 +129,10 @@ def test_model_card_states_sizes_corpus_and_license(shipped, tmp_path):
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="not a pretrained directory .missing config.json, model.safetensors"):
-        Forecaster.from_pretrained(tmp_path / "empty")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="not a pretrained directory .missing config.json; expected"):
+        Forecaster.from_pretrained(tmp_path / "half")
     with pytest.raises(FileNotFoundError, match="neither a directory nor a Hub repository id"):
         Forecaster.from_pretrained("a/b/c")
     (tmp_path / "bad").mkdir()
