@@ -17,7 +17,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: install
+TORCH_STAMP := $(VENV)/.torch-stamp
+
+# tests/test_reference_torch.py checks the PyTorch reference of benchmarks/ against the JAX encoder.
+# torch is a separate step, not a dependency or extra: `pip install torch==2.13.0` takes the CPU
+# wheel that lies on the development and CI machines (about 2 min to install, 750 MB), where a
+# dependency would pull a multi-GB CUDA build from PyPI into every user's install.
+$(TORCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet torch==2.13.0
+	touch $(TORCH_STAMP)
+
+test: install $(TORCH_STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: install
@@ -26,7 +36,7 @@ demo: install
 BENCH_STAMP := $(VENV)/.bench-stamp
 
 # torch (CPU wheel) is a benchmark-only extra: the reference the speed table compares against.
-$(BENCH_STAMP): $(STAMP)
+$(BENCH_STAMP): $(TORCH_STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]' --extra-index-url https://download.pytorch.org/whl/cpu
 	touch $(BENCH_STAMP)
 

@@ -44,3 +44,15 @@ def test_checkout_shims_re_export_the_packaged_configs(repo_root):
         spec.loader.exec_module(shim)
         assert shim.get_config is module.get_config and shim.VARIANTS == module.VARIANTS
     assert pathlib.Path(cli.PACKAGED_CONFIGS, "pretrain.py").is_file()
+
+
+def test_the_running_interpreter_is_a_stated_supported_python(repo_root):
+    import sys
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    project = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert f"Programming Language :: Python :: {version}" in project["classifiers"], version
+    assert version in SpecifierSet(project["requires-python"])

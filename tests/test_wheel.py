@@ -133,3 +133,37 @@ def test_training_entry_points_use_packaged_configs_and_shipped_init(installed):
                          timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1
     shutil.rmtree(work / "pretrained", ignore_errors=True)
+
+
+def test_notebook_runs_from_the_installed_wheel(installed, repo_root, data_dir, monkeypatch):
+    """The notebook, in a kernel of the fresh venv, from a directory outside the checkout."""
+    import nbclient
+    import nbformat
+
+    bin_dir, site, env, work = installed
+    kernels = work.parent / "jupyter" / "kernels" / "factost-wheel"
+    kernels.mkdir(parents=True)
+    (kernels / "kernel.json").write_text(json.dumps({
+        "argv": [str(bin_dir / "python"), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "factost-jax wheel", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(work.parent / "jupyter"))
+    # The kernel inherits this environment: CPU, the real data, ONE host device as a user has.
+    for key in ("PATH", "HF_HUB_OFFLINE", "HF_HUB_CACHE"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.setenv("FACTOST_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    notebook = nbformat.read(repo_root / "notebooks" / "zero_shot_demo.ipynb", as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell("import factost_jax; print('package:', factost_jax.__file__)"))
+    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="factost-wheel",
+                                     resources={"metadata": {"path": str(work)}})
+    client.execute()  # raises CellExecutionError naming the cell on any error
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert f"package: {site / 'factost_jax' / '__init__.py'}" in text
+    assert "ETTh2, test split, held out of this checkpoint's pretraining corpus" in text
+    assert any("image/png" in o.get("data", {}) for o in outputs if o.output_type == "display_data")
+    tables = "".join(o.get("data", {}).get("text/plain", "") for o in outputs if "data" in o)
+    assert "seasonal naive" in tables and "FactoST zero-shot" in tables
