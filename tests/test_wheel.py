@@ -7,7 +7,8 @@ receives only the built wheel (`pip --python NEW install --no-index --no-deps WH
 file appends the test venv's site-packages for the third-party packages. `.pth` lines that are
 paths do not run that directory's own `.pth` files, so the test venv's editable factost_jax finder
 never loads: `factost_jax` can only come from the wheel, which the test asserts. The wheel is built
-the way a user builds it (`pip wheel --no-deps .`, pip's isolated build environment).
+the way a user builds it (`pip wheel --no-deps .`, pip's isolated build environment), from a
+copy of pyproject.toml, README.md and factost_jax/.
 """
 
 import json
@@ -39,7 +40,15 @@ def installed(repo_root, tmp_path_factory):
     """(venv bin dir, its site-packages, an env without the checkout on any path, a work dir outside it)."""
     root = tmp_path_factory.mktemp("wheel")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root / "dist"), str(repo_root)],
+    # Built from a copy of what the wheel is made of: an in-tree build would leave build/ in the
+    # checkout, whose stale files a later build would ship.
+    source = root / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(repo_root / name, source / name)
+    shutil.copytree(repo_root / "factost_jax", source / "factost_jax",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root / "dist"), str(source)],
          cwd=root, env=env)
     (wheel,) = (root / "dist").glob("factost_jax-*.whl")
     venv = root / "venv"
@@ -132,7 +141,6 @@ def test_training_entry_points_use_packaged_configs_and_shipped_init(installed):
     bad = subprocess.run([str(bin_dir / "factost-evaluate")], cwd=work, env=env, capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1
-    shutil.rmtree(work / "pretrained", ignore_errors=True)
 
 
 def test_notebook_runs_from_the_installed_wheel(installed, repo_root, data_dir, monkeypatch):
