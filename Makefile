@@ -35,9 +35,10 @@ demo: install
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-# torch (CPU wheel) is a benchmark-only extra: the reference the speed table compares against.
+# torch (CPU wheel) is a benchmark-only extra: the reference the speed table compares against;
+# baselines (statsforecast) gives the AutoETS / AutoTheta columns of the accuracy tables.
 $(BENCH_STAMP): $(TORCH_STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,bench]' --extra-index-url https://download.pytorch.org/whl/cpu
+	$(PY) -m pip install --quiet -e '.[dev,bench,baselines]' --extra-index-url https://download.pytorch.org/whl/cpu
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

@@ -89,3 +89,33 @@ def test_few_shot_table_reads_adapt_metrics(accuracy, tmp_path):
     row = accuracy.few_shot_table(jobs, zero)[-1]
     assert row.startswith("| LOS-LOOP | 12->12 | **3.90 / 7.80** | 4.85 / 9.16 | 4.20 / 8.40 | 3.50 / 7.00 |")
     assert "300 (150)" in row
+
+
+def test_statistical_rows_share_strided_windows(accuracy, tmp_path):
+    args = accuracy.parse_args(["--output", str(tmp_path)])
+    full = accuracy.zero_shot_jobs(args, {"ETTh2"})[0]["command"]
+    assert full[full.index("--baselines") + 1] == "naive" and "--window_stride" not in full  # every window
+    jobs = accuracy.statistical_jobs(args, {"ETTh2", "LOS-LOOP"})
+    assert [job["dataset"] for job in jobs] == ["LOS-LOOP", "ETTh2"]
+    strides = [job["command"][job["command"].index("--window_stride") + 1] for job in jobs]
+    assert strides == [str(accuracy.STATISTICAL_STRIDES["LOS-LOOP"]), str(accuracy.STATISTICAL_STRIDES["ETTh2"])]
+    assert all("--baselines" not in job["command"] for job in jobs)  # --with_baselines: all of them
+
+    def fitted(name, mae, season, fallbacks=0):
+        return {"model": name, "metrics": _metrics(mae, mae * 2),
+                "fit_report": {"model": name, "season_length": season, "series": 100,
+                               "fallback_last_value": fallbacks, "no_observation": 0}}
+
+    payload = _zero_shot_result((0.35, 0.57), {"last_value": (0.42, 0.66), "seasonal_naive_day": (0.38, 0.62)})
+    payload["results"] += [fitted("autoets", 0.36, 24, fallbacks=3), fitted("autotheta", 0.34, 24)]
+    payload.update(num_windows=349, split_windows=2785, window_stride=8)
+    jobs[1]["output"].parent.mkdir(parents=True, exist_ok=True)
+    jobs[1]["output"].write_text(json.dumps(payload))
+    lines, notes = accuracy.statistical_table(jobs)
+    assert len(lines) == 3  # header, rule, ETTh2 (LOS-LOOP has no JSON)
+    row = lines[2]
+    assert row.startswith("| ETTh2 | 96->96 | 349 of 2785 (every 8) | **0.350 / 0.570** | "
+                          "0.380 / 0.620 (seasonal naive, day) | 0.360 / 0.720 | 0.340 / 0.680 | 24 · 24 |")
+    assert row.endswith("| no |")  # AutoTheta is better
+    assert notes == ["ETTh2 AutoETS: 3 of 100 series forecast by their last value (too few observed steps or a "
+                     "non-finite fit), 0 with nothing observed."]

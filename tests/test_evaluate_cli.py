@@ -28,7 +28,9 @@ def test_cli_writes_table_and_json(repo_root, data_dir, tmp_path):
     assert [line.split()[0] for line in lines[2:6]] == ["avg", "step_3", "step_6", "step_12"]
 
     result = json.loads(output.read_text())
-    assert list(result) == ["dataset", "model", "input_len", "horizon", "split", "channel", "num_windows", "metrics"]
+    assert list(result) == ["dataset", "model", "input_len", "horizon", "split", "channel", "num_windows",
+                            "window_stride", "split_windows", "metrics"]
+    assert (result["num_windows"], result["window_stride"], result["split_windows"]) == (1488, 1, 1488)
     assert (result["dataset"], result["model"], result["input_len"], result["horizon"], result["split"]) == (
         "HZMETRO", "last_value", 12, 12, "test")
     assert list(result["metrics"]) == ["avg", "step_3", "step_6", "step_12"]
@@ -48,6 +50,8 @@ def test_cli_writes_table_and_json(repo_root, data_dir, tmp_path):
     (["--dataset", "HZMETRO", "--checkpoint", "/nonexistent/ckpt"], "checkpoint path /nonexistent/ckpt does not exist"),
     (["--dataset", "HZMETRO", "--checkpoint", "/tmp/ckpt", "--model", "last_value"], "Exactly one of (model, checkpoint)"),
     (["--dataset", "HZMETRO"], "Exactly one of (model, checkpoint)"),
+    (["--dataset", "HZMETRO", "--model", "last_value", "--with_baselines", "--baselines", "naive,ets"],
+     "unknown baseline 'ets'"),
 ])
 def test_cli_user_errors_are_one_line_exit_2(repo_root, data_dir, args, message):
     lengths = [] if "--horizon" in args else ["--horizon", "12"]

@@ -3,7 +3,9 @@
   python launch/evaluate.py --dataset HZMETRO --model seasonal_naive_day --input_len 12 --horizon 12 \
       [--split test] [--output result.json] [--data_dir DIR] [--batch_size 256] [--channel 0]
   python launch/evaluate.py --checkpoint runs/tiny --dataset ETTh2 --input_len 96 --horizon 96 \
-      [--with_baselines] [--allow_overlap] [--plot plots/]
+      [--with_baselines] [--baselines naive|statistical|all|NAME,...] [--window_stride 1] [--allow_overlap]
+      [--plot plots/]
+  python launch/evaluate.py --dataset ETTh2 --model autoets --input_len 96 --horizon 96 --window_stride 16
 
 Prints the per-horizon table (rows avg, step_3, step_6, step_12; columns MAE, RMSE, MAPE, and QL,
 coverage_80 for a checkpoint; MAPE is a fraction) and writes the result as JSON when --output is
@@ -12,8 +14,13 @@ the latest checkpoint (zero-shot for stage 1, channel-independently); a dataset 
 pretrained on is refused unless --allow_overlap. --with_baselines adds every baseline and prints one
 comparison table (a row per model); the JSON keeps the main result's keys and gains "results" (every
 evaluated model, the main one first) and "skipped" ({"model", "error"} of baselines that cannot run
-on these windows). --plot DIR writes PNGs of a few windows and sensors with quantile bands. A user
-error prints one line `error: ...` on stderr and exits with status 2.
+on these windows); --baselines narrows that set to a comma list of names or the groups naive (the
+four of docs/baselines.md), statistical (autoets, autotheta: statsforecast, the optional `baselines`
+extra) and all (the default). --window_stride S scores every S-th window of the split (the first
+always), the same windows for the main model and every baseline: the statistical baselines fit one
+model per window and node, minutes where the naive ones take seconds. --plot DIR writes PNGs of a
+few windows and sensors with quantile bands. A user error prints one line `error: ...` on stderr and
+exits with status 2.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from factost_jax.eval.evaluate import (
 )
 
 flags.DEFINE_string("dataset", None, "Dataset name, e.g. HZMETRO, HZMETRO:out, LOS-LOOP, ETTh2.")
-flags.DEFINE_enum("model", None, sorted(baselines.BASELINES), "Baseline to evaluate.")
+flags.DEFINE_enum("model", None, list(baselines.BASELINES), "Baseline to evaluate (autoets / autotheta need "
+                  "the optional statsforecast: pip install -e '.[baselines]').")
 flags.DEFINE_string("checkpoint", None, "FactoST checkpoint (workdir, checkpoints dir, step dir or shipped name) "
                     "to evaluate instead of --model; stage 1 is evaluated zero-shot.")
 flags.DEFINE_integer("input_len", None, "Context length L.", lower_bound=1)
@@ -45,6 +53,10 @@ flags.DEFINE_string("data_dir", None, "Real-data directory (default: $FACTOST_DA
 flags.DEFINE_integer("batch_size", 256, "Windows per forecast call.", lower_bound=1)
 flags.DEFINE_integer("channel", 0, "Channel of the dataset to forecast.", lower_bound=0)
 flags.DEFINE_bool("with_baselines", False, "Also evaluate every baseline and print one table with a row per model.")
+flags.DEFINE_string("baselines", "all", "With --with_baselines: comma list of baseline names or the groups "
+                    "naive, statistical, all.")
+flags.DEFINE_integer("window_stride", 1, "Score every S-th window of the split (same windows for every model).",
+                     lower_bound=1)
 flags.DEFINE_bool("allow_overlap", False, "Evaluate a checkpoint even on data its pretraining corpus contained.")
 flags.DEFINE_string("plot", None, "Write PNG plots of a few windows (sensors, median, quantile bands) into this dir.")
 flags.mark_flags_as_required(["dataset", "input_len", "horizon"])
@@ -57,15 +69,18 @@ def _common_kwargs() -> dict:
     return {"split": FLAGS.split, "data_dir": FLAGS.data_dir, "channel": FLAGS.channel}
 
 
-def _baseline_results(skip: str | None) -> list[dict]:
-    """Every baseline but `skip` on the same windows; one that cannot run records its reason."""
+def _baseline_results(names: list[str], skip: str | None) -> list[dict]:
+    """The baselines `names` but `skip` on the same windows; one that cannot run records its reason."""
     results = []
-    for name in sorted(baselines.BASELINES):
+    for name in names:
         if name == skip:
             continue
         try:
+            # The statistical ones fit a model per window and node: show their progress.
             results.append(run_evaluation(FLAGS.dataset, name, FLAGS.input_len, FLAGS.horizon,
-                                          batch_size=FLAGS.batch_size, progress=False, **_common_kwargs()))
+                                          batch_size=FLAGS.batch_size, window_stride=FLAGS.window_stride,
+                                          **_common_kwargs(),
+                                          progress=name in baselines.STATISTICAL_BASELINES))
         except ValueError as error:
             results.append({"model": name, "error": " ".join(str(error).split())})
     return results
@@ -75,10 +90,12 @@ def main(argv: list[str]) -> None:
     reject_positional(argv)
     logging.set_verbosity(logging.ERROR)  # Orbax logs every restore at INFO/WARNING; errors stay one line
     try:
+        compared_names = baselines.baseline_names(FLAGS.baselines)  # a typo fails before any evaluation
         result = run_evaluation(FLAGS.dataset, FLAGS.model, FLAGS.input_len, FLAGS.horizon,
                                 batch_size=FLAGS.batch_size, checkpoint=FLAGS.checkpoint,
-                                allow_overlap=FLAGS.allow_overlap, **_common_kwargs())
-        compared = _baseline_results(FLAGS.model) if FLAGS.with_baselines else None
+                                allow_overlap=FLAGS.allow_overlap, window_stride=FLAGS.window_stride,
+                                **_common_kwargs())
+        compared = _baseline_results(compared_names, FLAGS.model) if FLAGS.with_baselines else None
         plot_paths = []
         if FLAGS.plot:
             plot_paths = plot_evaluation_windows(FLAGS.dataset, FLAGS.model, FLAGS.input_len, FLAGS.horizon,

@@ -14,7 +14,10 @@ the value it would copy is missing it carries back to the most recent observatio
 window is unobserved, the most recent observation before the window). Only steps `< target_start`
 are ever read, so no baseline sees the values it forecasts.
 
-All baselines are affine-equivariant, so they work on whatever scale the evaluator hands them.
+All four are affine-equivariant, so they work on whatever scale the evaluator hands them.
+
+`BASELINES` also registers `autoets` and `autotheta` (statsforecast models fitted on each window,
+`factost_jax/eval/statistical.py`), which need the optional `baselines` extra.
 """
 
 from __future__ import annotations
@@ -145,12 +148,47 @@ def historical_average(dataset: STDataset) -> PredictFn:
     return predict
 
 
-BASELINES: dict[str, Callable[[STDataset], PredictFn]] = {
+def autoets(dataset: STDataset) -> PredictFn:
+    """statsforecast AutoETS fitted on each window's input (eval/statistical.py; optional extra)."""
+    from factost_jax.eval.statistical import statistical_baseline  # statsforecast loads only when asked for
+
+    return statistical_baseline("autoets", dataset)
+
+
+def autotheta(dataset: STDataset) -> PredictFn:
+    """statsforecast AutoTheta fitted on each window's input (eval/statistical.py; optional extra)."""
+    from factost_jax.eval.statistical import statistical_baseline
+
+    return statistical_baseline("autotheta", dataset)
+
+
+NAIVE_BASELINES: dict[str, Callable[[STDataset], PredictFn]] = {
     "last_value": last_value,
     "seasonal_naive_day": seasonal_naive_day,
     "seasonal_naive_week": seasonal_naive_week,
     "historical_average": historical_average,
 }
+# Fitted per window and node: minutes where the naive ones take seconds (evaluate's window_stride helps).
+STATISTICAL_BASELINES: dict[str, Callable[[STDataset], PredictFn]] = {"autoets": autoets, "autotheta": autotheta}
+BASELINES: dict[str, Callable[[STDataset], PredictFn]] = {**NAIVE_BASELINES, **STATISTICAL_BASELINES}
+BASELINE_GROUPS = {"naive": tuple(NAIVE_BASELINES), "statistical": tuple(STATISTICAL_BASELINES),
+                   "all": tuple(BASELINES)}
+
+
+def baseline_names(spec: str) -> list[str]:
+    """Baseline names of a comma list of names and group names ("naive", "statistical", "all"), in order."""
+    names: list[str] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        if item not in BASELINES and item not in BASELINE_GROUPS:
+            raise ValueError(f"unknown baseline {item!r}: expected a comma list of {sorted(BASELINES)} "
+                             f"or the groups {sorted(BASELINE_GROUPS)}")
+        names += [name for name in BASELINE_GROUPS.get(item, (item,)) if name not in names]
+    if not names:
+        raise ValueError(f"no baseline named in {spec!r}: expected names from {sorted(BASELINES)} "
+                         f"or the groups {sorted(BASELINE_GROUPS)}")
+    return names
 
 
 def make_baseline(name: str, dataset: STDataset) -> PredictFn:
