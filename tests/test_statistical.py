@@ -72,6 +72,8 @@ def test_short_and_missing_contexts_fall_back_and_are_counted():
         np.testing.assert_array_equal(forecast[0], [3.0, 3.0])
         assert np.isnan(forecast[1]).all()
         np.testing.assert_allclose(forecast[2], [4.0, 4.0], atol=1e-6)
+    with pytest.raises(ValueError, match="missing value after its first observation"):
+        statistical.forecast_series(None, np.array([[1.0, np.nan, 2.0, 3.0, 4.0]]), 2, 4)
 
 
 def test_predictor_reads_only_the_past_and_reports():

@@ -33,6 +33,7 @@ import numpy as np
 
 from factost_jax.data.types import STDataset
 from factost_jax.data.windows import WindowBatch, window_indices
+from factost_jax.eval.baselines import forward_fill  # the naive baselines' fill rule, shared
 
 PredictFn = Callable[[WindowBatch], np.ndarray]
 
@@ -79,9 +80,15 @@ def forecast_series(model: Any, series: np.ndarray, horizon: int, min_observed: 
                     ) -> tuple[np.ndarray, int]:
     """(`[S, H]` float32 forecasts, number of rows forecast by the last-value fallback) of `series [S, L]`.
 
-    Rows may start with NaN (nothing observed yet) but hold no NaN after their first observation.
+    Rows may start with NaN (nothing observed yet) but hold no NaN after their first observation
+    (forward-fill them first); ValueError otherwise.
     """
     series = np.asarray(series, dtype=np.float64)
+    if series.ndim != 2:
+        raise ValueError(f"series must be [S, L], got shape {series.shape}")
+    seen = np.logical_or.accumulate(np.isfinite(series), axis=1)
+    if (seen & ~np.isfinite(series)).any():
+        raise ValueError("series has a missing value after its first observation: forward-fill it first")
     out = np.full((series.shape[0], horizon), np.nan, dtype=np.float64)
     fallbacks = 0
     for row, values in enumerate(series):
@@ -114,8 +121,6 @@ def statistical_baseline(name: str, dataset: STDataset) -> PredictFn:
     (fits asked for), "fallback_last_value" (rows forecast by their last observed value instead)
     and "no_observation" (rows with nothing observed, forecast NaN).
     """
-    from factost_jax.eval.baselines import forward_fill  # the naive baselines' fill rule, shared
-
     load_model(name, 1)  # fail at construction, not mid-evaluation, when statsforecast is missing
     cache: dict[str, Any] = {"source": None, "filled": None}
     report = {"model": name, "season_length": None, "series": 0, "fallback_last_value": 0, "no_observation": 0}
