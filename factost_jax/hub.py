@@ -216,7 +216,7 @@ def from_pretrained(repo_id_or_dir: str | os.PathLike, revision: str | None = No
         raise FileNotFoundError(f"from_pretrained: {text} is neither a directory nor a Hub repository id "
                                 "(expected 'org/name')")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError  # also in 0.24 (not .errors)
 
     try:
         snapshot = snapshot_download(text, revision=revision, cache_dir=cache_dir, token=token,
