@@ -40,7 +40,8 @@ from factost_jax.eval.evaluate import (
     run_evaluation,
 )
 
-flags.DEFINE_string("dataset", None, "Dataset name, e.g. HZMETRO, HZMETRO:out, LOS-LOOP, ETTh2.")
+flags.DEFINE_string("dataset", None, "Dataset name, e.g. HZMETRO, HZMETRO:out, LOS-LOOP, ETTh2, or a file of "
+                    "your own (my.csv, my.parquet, my.npz; see --data_option).")
 flags.DEFINE_enum("model", None, list(baselines.BASELINES), "Baseline to evaluate (autoets / autotheta need "
                   "the optional statsforecast: pip install -e '.[baselines]').")
 flags.DEFINE_string("checkpoint", None, "FactoST checkpoint (workdir, checkpoints dir, step dir or shipped name) "
@@ -59,6 +60,10 @@ flags.DEFINE_integer("window_stride", 1, "Score every S-th window of the split (
                      lower_bound=1)
 flags.DEFINE_bool("allow_overlap", False, "Evaluate a checkpoint even on data its pretraining corpus contained.")
 flags.DEFINE_string("plot", None, "Write PNG plots of a few windows (sensors, median, quantile bands) into this dir.")
+flags.DEFINE_multi_string("data_option", [], "For --dataset=PATH (a .csv / .parquet / .npz of your own): KEY=VALUE, "
+                          "KEY one of id_column, timestamp_column, target, nodes, adjacency, freq, split_ratios "
+                          "(0.6,0.2,0.2), null_val, norm; repeat the flag for several. A checkpoint adapted on the "
+                          "same file supplies the options its run recorded.")
 flags.mark_flags_as_required(["dataset", "input_len", "horizon"])
 flags.mark_flags_as_mutual_exclusive(["model", "checkpoint"], required=True)
 
@@ -66,7 +71,10 @@ FLAGS = flags.FLAGS
 
 
 def _common_kwargs() -> dict:
-    return {"split": FLAGS.split, "data_dir": FLAGS.data_dir, "channel": FLAGS.channel}
+    from factost_jax.data.user_files import parse_option_pairs
+
+    return {"split": FLAGS.split, "data_dir": FLAGS.data_dir, "channel": FLAGS.channel,
+            "file_options": parse_option_pairs(FLAGS.data_option) or None}
 
 
 def _baseline_results(names: list[str], skip: str | None) -> list[dict]:

@@ -129,6 +129,43 @@ def is_file_source(name: Any) -> bool:
     return isinstance(name, str) and name.strip().lower().endswith(FILE_SUFFIXES)
 
 
+def parse_option_pairs(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Command-line `KEY=VALUE` strings -> an options mapping (split_ratios "0.7,0.1,0.2", null_val a number)."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = str(pair).partition("=")
+        key = key.strip()
+        if not sep or key not in OPTION_FIELDS:
+            raise ValueError(f"--data_option {pair!r}: expected KEY=VALUE with KEY one of {', '.join(OPTION_FIELDS)}")
+        if key == "split_ratios":
+            try:
+                values[key] = tuple(float(x) for x in value.strip("()[] ").split(","))
+            except ValueError:
+                raise ValueError(f"--data_option {pair!r}: split_ratios must be 3 numbers, e.g. 0.7,0.1,0.2") from None
+        elif key == "null_val":
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise ValueError(f"--data_option {pair!r}: null_val must be a number") from None
+        else:
+            values[key] = value
+    return values
+
+
+def recorded_file_options(metadata: Mapping[str, Any], dataset: Any) -> dict[str, Any]:
+    """The file options a checkpoint's adaptation run recorded (run_config.data) when it was adapted on
+    the file `dataset` (the same path, or the same file name when the run gave a relative path); else {}."""
+    data = ((metadata or {}).get("run_config") or {}).get("data") if isinstance(metadata, Mapping) else None
+    if not isinstance(data, Mapping) or not is_file_source(dataset) or not is_file_source(data.get("dataset")):
+        return {}
+    recorded, given = pathlib.Path(str(data["dataset"])).expanduser(), pathlib.Path(dataset).expanduser()
+    same = recorded.resolve() == given.resolve() if recorded.is_absolute() else recorded.name == given.name
+    if not same:
+        return {}
+    return {key: (tuple(value) if key == "split_ratios" else value)
+            for key in OPTION_FIELDS if (value := data.get(key)) is not None}
+
+
 # --------------------------------------------------------------------------- reading
 def _read_table(path: pathlib.Path) -> pd.DataFrame:
     suffix = path.suffix.lower()

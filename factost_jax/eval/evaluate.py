@@ -207,9 +207,10 @@ def pretraining_overlap(metadata: dict[str, Any], dataset_name: str) -> list[str
     Empty when there is no overlap or when the metadata does not record the corpus.
     """
     from factost_jax.data.formats import canonical_name
+    from factost_jax.data.user_files import is_file_source
 
     corpus = pretraining_corpus(metadata)
-    if not corpus:
+    if not corpus or is_file_source(dataset_name):  # corpora list registered datasets only
         return []
     return sorted(corpus & _same_source(canonical_name(dataset_name)))
 
@@ -272,13 +273,15 @@ def checkpoint_predictor(forecaster: Any, dataset: STDataset,
 
 
 def prepare_evaluation(dataset_name: str, model_name: str | None, data_dir: str | None = None,
-                       checkpoint: str | None = None, allow_overlap: bool = False
+                       checkpoint: str | None = None, allow_overlap: bool = False, file_options: Any = None
                        ) -> tuple[STDataset, str, Callable[[WindowBatch], ForecastOutput]]:
     """(dataset, model label, predict_fn) for a baseline name or a checkpoint path (exactly one).
 
     The label is the baseline name or "factost:<checkpoint step dir>". Raises ValueError for an
     unknown model or dataset and for a checkpoint pretrained on the evaluated data (unless
-    `allow_overlap`), FileNotFoundError for missing files.
+    `allow_overlap`), FileNotFoundError for missing files. A user file (`dataset_name` ending in .csv /
+    .parquet / .npz) is read with `file_options` (a mapping of `user_files.FileSourceOptions` fields);
+    for a checkpoint adapted on that same file, the options its run recorded fill in the ones not given.
     """
     if (model_name is None) == (checkpoint is None):
         raise ValueError("give exactly one of a baseline model name and a checkpoint")
@@ -287,7 +290,7 @@ def prepare_evaluation(dataset_name: str, model_name: str | None, data_dir: str 
     if checkpoint is None:
         if model_name not in baselines.BASELINES:
             raise ValueError(f"unknown model {model_name!r}: expected one of {sorted(baselines.BASELINES)}")
-        dataset = load_dataset(dataset_name, data_dir)
+        dataset = load_dataset(dataset_name, data_dir, file_options=file_options)
         return dataset, model_name, baselines.make_baseline(model_name, dataset)
     from factost_jax.forecast import Forecaster
 
@@ -298,14 +301,17 @@ def prepare_evaluation(dataset_name: str, model_name: str | None, data_dir: str 
         found = ", ".join(name if name == target else f"{name} (the same sensors as {target})" for name in overlap)
         raise ValueError(f"checkpoint {forecaster.path}: its pretraining corpus contains {found}, so a zero-shot "
                          f"result on {target} would be leaked; evaluate another dataset or pass --allow_overlap")
-    dataset = load_dataset(dataset_name, data_dir)
+    from factost_jax.data.user_files import recorded_file_options
+
+    options = {**recorded_file_options(forecaster.metadata, dataset_name), **dict(file_options or {})}
+    dataset = load_dataset(dataset_name, data_dir, file_options=options)
     return dataset, f"factost:{forecaster.path}", checkpoint_predictor(forecaster, dataset)
 
 
 def run_evaluation(dataset_name: str, model_name: str | None, input_len: int, horizon: int, split: str = "test",
                    data_dir: str | None = None, batch_size: int = 256, channel: int = 0,
                    checkpoint: str | None = None, progress: bool = True, allow_overlap: bool = False,
-                   window_stride: int = 1) -> dict[str, Any]:
+                   window_stride: int = 1, file_options: Any = None) -> dict[str, Any]:
     """Loads `dataset_name`, builds baseline `model_name` or loads `checkpoint`, and evaluates it.
 
     Returns `evaluate`'s dict with "model" added after "dataset" (the baseline name, or
@@ -314,7 +320,8 @@ def run_evaluation(dataset_name: str, model_name: str | None, input_len: int, ho
     user errors (unknown dataset or model, impossible lengths, missing files, a leaked zero-shot
     evaluation, a missing optional package).
     """
-    dataset, label, predict_fn = prepare_evaluation(dataset_name, model_name, data_dir, checkpoint, allow_overlap)
+    dataset, label, predict_fn = prepare_evaluation(dataset_name, model_name, data_dir, checkpoint, allow_overlap,
+                                                    file_options)
     result = evaluate(dataset, predict_fn, input_len, horizon, split=split, batch_size=batch_size,
                       channel=channel, progress=progress, window_stride=window_stride)
     report = getattr(predict_fn, "report", None)
@@ -361,14 +368,15 @@ def _plot_levels(quantiles: np.ndarray | None, levels: np.ndarray | None
 def plot_evaluation_windows(dataset_name: str, model_name: str | None, input_len: int, horizon: int, out_dir: str,
                             split: str = "test", data_dir: str | None = None, channel: int = 0,
                             checkpoint: str | None = None, allow_overlap: bool = False, num_windows: int = 2,
-                            max_nodes: int = 6) -> list[Any]:
+                            max_nodes: int = 6, file_options: Any = None) -> list[Any]:
     """Writes one PNG per sampled window (up to `max_nodes` sensors each, quantile bands when the
     model gives them) into `out_dir`; returns the paths."""
     import pathlib
 
     from factost_jax import plots
 
-    dataset, label, predict_fn = prepare_evaluation(dataset_name, model_name, data_dir, checkpoint, allow_overlap)
+    dataset, label, predict_fn = prepare_evaluation(dataset_name, model_name, data_dir, checkpoint, allow_overlap,
+                                                    file_options)
     windows = sample_window_forecasts(dataset, predict_fn, input_len, horizon, split, channel, num_windows)
     nodes = list(range(min(dataset.num_nodes, max_nodes)))
     for window in windows:  # two bands (10-90 %, 30-70 %) read better than the eleven trained levels
