@@ -158,6 +158,36 @@ class Forecaster:
         forecaster.path = step_dir
         return forecaster
 
+    # Adapting to a user's network (factost_jax/fit.py) and saving the result as a checkpoint.
+    def fit(self, df: pd.DataFrame, *, horizon: int, input_len: int, id_column: str = "unique_id",
+            timestamp_column: str = "ds", target: str = "y", nodes: str | None = None, adjacency: str | None = None,
+            split_ratios: tuple[float, float, float] | None = None, null_val: float | None = None,
+            norm: str | None = None, **train: Any) -> Forecaster:
+        """Adapts this stage-1 model to the sensor network in the long DataFrame `df` (stage 2).
+
+        `df`: one row per (sensor, timestamp) with `id_column`, `timestamp_column`, `target` (the
+        `configs/adapt.py:custom` file options: nodes / adjacency give the graph, split_ratios default
+        6:2:2, null_val None, norm "global"). Training keywords (steps, batch_size, patience,
+        eval_every, few_shot_ratio, trainable, loss, lr, seed, overrides={"train.val_windows": 128},
+        workdir, progress) default to the custom variant's. Early stopping watches the tail of the
+        validation split; the returned stage-2 Forecaster holds the best parameters, and its
+        metadata the test metrics ("test_metrics") and sensor order ("node_ids").
+        """
+        from factost_jax.data.user_files import FileSourceOptions
+        from factost_jax.fit import fit_forecaster
+
+        options = FileSourceOptions(id_column=id_column, timestamp_column=timestamp_column, target=target,
+                                    nodes=nodes, adjacency=adjacency, split_ratios=split_ratios, null_val=null_val,
+                                    norm=norm)
+        return fit_forecaster(self, df, horizon=horizon, input_len=input_len, options=options, **train)
+
+    def save(self, directory: str | os.PathLike) -> pathlib.Path:
+        """Writes an Orbax checkpoint (a step directory; `directory` must not exist) that
+        `Forecaster.load(directory)` and `launch/evaluate.py --checkpoint directory` accept."""
+        from factost_jax.fit import save_forecaster
+
+        return save_forecaster(self, directory)
+
     # Hugging Face Hub (factost_jax/hub.py): config.json + model.safetensors + a model card.
     @classmethod
     def from_pretrained(cls, repo_id_or_dir: str | os.PathLike, revision: str | None = None,
@@ -322,6 +352,9 @@ class Forecaster:
 
         Each series' frequency is `pd.infer_freq` of its timestamps, else its median step; when
         every stamp lies on that step's grid, gaps are filled with NaN (missing values).
+        A stage-2 (adapted) model forecasts every sensor of its network jointly instead: the frame
+        must hold exactly the adapted sensors on one regular grid (see factost_jax/network_frames.py);
+        batch_size and progress do not apply.
 
         Args:
           df: one row per (series id, timestamp) with columns `id_column`, `timestamp_column`
@@ -332,7 +365,11 @@ class Forecaster:
           `timestamp_column`), "median" and one column per level named like "0.1"; `horizon` rows
           per series, in the order the ids first appear.
         """
-        self._require_stage1("forecast_df")
+        if self.stage == 2:  # the whole network jointly (factost_jax/network_frames.py)
+            from factost_jax.network_frames import forecast_network_df
+
+            return forecast_network_df(self, df, id_column, timestamp_column, target, check_horizon(horizon),
+                                       check_levels(quantiles))
         if not isinstance(df, pd.DataFrame):
             raise ValueError(f"df must be a pandas DataFrame, got {type(df).__name__}")
         missing = [c for c in (id_column, timestamp_column, target) if c not in df.columns]

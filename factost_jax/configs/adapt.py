@@ -19,7 +19,7 @@ workdir / checkpoint dir; default: the shipped factost-tiny when it exists, requ
 model_size (optional check against the checkpoint), trainable ("adapter" | "adapter+head" | "all"),
 loss ("mae" | "pinball" | "mae+pinball"), compute_dtype, remat. Sections: data (few-shot subset,
 memory replay, batch), adapter (AdapterConfig fields but num_nodes), stid (STIDConfig sizes), train
-(TrainConfig fields plus patience, min_delta, eval_batch_size), mesh.shape.
+(TrainConfig fields plus patience, min_delta, eval_batch_size, val_windows), mesh.shape.
 
 `validate_config(config)` turns the result into a frozen `AdaptRunConfig` (ValueError naming the
 first bad field); the launcher calls it before anything touches the workdir.
@@ -122,6 +122,7 @@ def _base_config(dataset: str, input_len: int, horizon: int) -> config_dict.Conf
     config.train.patience = 5  # evaluations without a better validation MAE; 0 never stops early
     config.train.min_delta = 0.0
     config.train.eval_batch_size = 64
+    config.train.val_windows = 0  # early stopping on the last N validation windows; 0: all of them
 
     config.mesh = config_dict.ConfigDict()
     config.mesh.shape = "-1,1,1"
@@ -150,12 +151,13 @@ def _custom_config() -> config_dict.ConfigDict:
     # A user adapts to their whole history (the paper's 10 % is a benchmark protocol).
     config.data.few_shot_ratio = 1.0
     config.data.batch_size = 8
-    config.train.steps = 60
+    config.train.steps = 40
     config.train.eval_every = 20
     config.train.checkpoint_every = 20
     config.train.log_every = 10
     config.train.patience = 2
     config.train.eval_batch_size = 32
+    config.train.val_windows = 64  # a validation tail: the full split costs minutes per evaluation on CPU
     return config
 
 

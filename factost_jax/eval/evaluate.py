@@ -90,8 +90,9 @@ def _forecast_windows(dataset: STDataset, series: np.ndarray, batch_starts: np.n
 
 def evaluate(dataset: STDataset, predict_fn: Callable[[WindowBatch], ForecastOutput], input_len: int,
              horizon: int, split: str = "test", batch_size: int = 256, channel: int = 0,
-             progress: bool = True, steps: Sequence[int] = REPORT_STEPS, window_stride: int = 1) -> dict[str, Any]:
-    """Evaluates `predict_fn` on every window of `split` (or every `window_stride`-th).
+             progress: bool = True, steps: Sequence[int] = REPORT_STEPS, window_stride: int = 1,
+             last_windows: int | None = None) -> dict[str, Any]:
+    """Evaluates `predict_fn` on every window of `split` (or every `window_stride`-th, or the last few).
 
     Args:
       dataset: the dataset; targets are channel `channel` of its values.
@@ -104,6 +105,8 @@ def evaluate(dataset: STDataset, predict_fn: Callable[[WindowBatch], ForecastOut
       steps: horizon steps reported besides the average.
       window_stride: keep windows 0, S, 2S, ... of the split's stride-1 windows (the first test step
         is always forecast), for forecasters too slow for every window; 1 = all.
+      last_windows: then keep only the last N of those windows (stage-2 early stopping on a
+        validation tail); None keeps them all (the BasicTS convention).
     Returns:
       {"dataset", "input_len", "horizon", "split", "channel", "num_windows" (evaluated),
        "window_stride", "split_windows" (the split's stride-1 windows),
@@ -115,6 +118,10 @@ def evaluate(dataset: STDataset, predict_fn: Callable[[WindowBatch], ForecastOut
         raise ValueError(f"window_stride must be a positive integer, got {window_stride!r}")
     all_starts = split_target_starts(dataset, split, input_len, horizon)
     starts = all_starts[::int(window_stride)]
+    if last_windows is not None:
+        if isinstance(last_windows, bool) or int(last_windows) != last_windows or last_windows < 1:
+            raise ValueError(f"last_windows must be a positive integer or None, got {last_windows!r}")
+        starts = starts[-int(last_windows):]
     series, observed = metric_scale_series(dataset, channel)
     time_of_day, day_of_week = dataset.time_of_day, dataset.day_of_week
     # The null mask was applied in original units above; on the z-scored scale there is no null value.

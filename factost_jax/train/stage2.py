@@ -54,7 +54,7 @@ METRICS_JSON = "metrics.json"
 EARLY_STOPPING_METRIC = "val_MAE"
 DEFAULT_INIT_FROM = "factost-tiny"  # a shipped name: factost_jax/pretrained/factost-tiny
 # Train-section keys that belong to early stopping, not to the loop's TrainConfig.
-_EARLY_STOPPING_KEYS = ("patience", "min_delta", "eval_batch_size")
+_EARLY_STOPPING_KEYS = ("patience", "min_delta", "eval_batch_size", "val_windows")
 # STDataConfig fields given at the top level of configs/adapt.py (`--config.input_len=96` reads naturally).
 _TOP_LEVEL_DATA_KEYS = ("dataset", "input_len", "horizon")
 
@@ -63,11 +63,13 @@ _TOP_LEVEL_DATA_KEYS = ("dataset", "input_len", "horizon")
 @dataclasses.dataclass(frozen=True)
 class EarlyStoppingConfig:
     """patience: evaluations without a validation-MAE improvement before stopping (0: never stop early);
-    min_delta: the decrease that counts as an improvement; eval_batch_size: windows per forecast call."""
+    min_delta: the decrease that counts as an improvement; eval_batch_size: windows per forecast call;
+    val_windows: validate on the last N windows of the validation split (0: all of them, BasicTS)."""
 
     patience: int = 5
     min_delta: float = 0.0
     eval_batch_size: int = 64
+    val_windows: int = 0
 
     def validate(self) -> EarlyStoppingConfig:
         if isinstance(self.patience, bool) or not isinstance(self.patience, (int, np.integer)) or self.patience < 0:
@@ -77,6 +79,10 @@ class EarlyStoppingConfig:
         if (isinstance(self.eval_batch_size, bool) or not isinstance(self.eval_batch_size, (int, np.integer))
                 or self.eval_batch_size < 1):
             raise ValueError(f"train.eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
+        if isinstance(self.val_windows, bool) or not isinstance(self.val_windows, (int, np.integer)) \
+                or self.val_windows < 0:
+            raise ValueError(f"train.val_windows must be an integer >= 0 (0: the whole validation split), "
+                             f"got {self.val_windows!r}")
         return self
 
 
@@ -375,7 +381,7 @@ class _Stage2Task:
     # ---- stage-2 hooks of the loop
     def evaluate_params(self, params: Any, step: int) -> dict[str, Any]:
         """Full validation split; keeps the best parameters under `workdir/best/<step>`."""
-        result = self.evaluate_split(params, "val")
+        result = self.evaluate_split(params, "val", last_windows=self.config.early_stopping.val_windows or None)
         metrics = {f"val_{name}": value for name, value in result["metrics"]["avg"].items()}
         improved = self.early_stopping.update(_finite_or_nan(metrics["val_MAE"]), step)
         if improved and self.workdir is not None:
@@ -446,15 +452,16 @@ class _Stage2Task:
 
         return predict
 
-    def evaluate_split(self, params: Any, split: str, progress: bool = False) -> dict[str, Any]:
-        """`evaluate`'s result for every window of `split` (BasicTS metrics, metric scale)."""
+    def evaluate_split(self, params: Any, split: str, progress: bool = False, last_windows: int | None = None
+                       ) -> dict[str, Any]:
+        """`evaluate`'s result for every window of `split`, or its last `last_windows` (BasicTS metrics, metric scale)."""
         from factost_jax.eval.evaluate import evaluate
 
         data = self.config.data
         # The same mesh context as the loop's, so the forecast compiles once for validation and test.
         with mesh_lib.mesh_context(self.mesh):
             return evaluate(self.dataset, self.predict_fn(params), data.input_len, data.horizon, split=split,
-                            batch_size=self._eval_rows(), channel=0, progress=progress)
+                            batch_size=self._eval_rows(), channel=0, progress=progress, last_windows=last_windows)
 
     # ---- best parameters
     def _best_root(self) -> pathlib.Path:
