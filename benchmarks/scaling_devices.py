@@ -108,14 +108,14 @@ def run_on_devices(task, run_config, devices, host_batches, warmup: int) -> dict
     import jax
 
     from factost_jax.train import mesh as mesh_lib
-    from factost_jax.train.loop import _jit_steps, build_setup
+    from factost_jax.train.setup import build_setup, jit_steps
 
     mesh = mesh_lib.make_mesh((len(devices), 1, 1), devices=devices)
     with mesh_lib.mesh_context(mesh):
         init_rng, dropout_rng = jax.random.split(jax.random.key(run_config.train.seed))
         setup = build_setup(task, run_config.train, mesh, init_rng)
         state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(init_rng)
-        train_step, _ = _jit_steps(task, setup)
+        train_step, _ = jit_steps(task, setup)
         losses, times = [], []
         for index, host_batch in enumerate(host_batches):
             batch = mesh_lib.host_to_global(host_batch, mesh)

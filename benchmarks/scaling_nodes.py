@@ -247,7 +247,7 @@ def build_programs(num_nodes: int, settings: ScalingSettings, init_from: pathlib
     import jax
 
     from factost_jax.train import mesh as mesh_lib
-    from factost_jax.train.loop import _jit_steps, build_setup
+    from factost_jax.train.setup import build_setup, jit_steps
 
     task, run_config = build_adapt_task(num_nodes, settings, init_from)
     host_batch = next(iter(task.train_dataset(0, 1)))
@@ -261,7 +261,7 @@ def build_programs(num_nodes: int, settings: ScalingSettings, init_from: pathlib
         common = {"nodes": num_nodes, "batch": settings.batch, "tokens": tokens,
                   "parameters": int(sum(np.size(leaf) for leaf in jax.tree.leaves(setup.abstract_params)))}
         if "train" in settings.phases:
-            train_step, _ = _jit_steps(task, setup)
+            train_step, _ = jit_steps(task, setup)
             holder = {"state": random_train_state(setup, settings.seed)}
             started = time.perf_counter()
             compiled = train_step.lower(holder["state"], batch, dropout_rng).compile()

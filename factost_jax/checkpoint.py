@@ -10,7 +10,7 @@ On-disk layout (what `train/loop.py` writes through an Orbax `CheckpointManager`
 
 A shipped inference checkpoint (`save_inference_checkpoint`) is one such step directory holding
 only `params/` and `metadata/`; `resolve_checkpoint_path` finds one by name ("factost-tiny"). This
-module knows only `model/config.py`.
+module knows only `model/config.py` (and the `trees.py` basement).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from factost_jax.model.config import ModelConfig
+from factost_jax.trees import key_path_str  # noqa: F401  (re-exported: ckpt_io.key_path_str)
 
 CHECKPOINTS_DIR = "checkpoints"
 PARAMS_ITEM = "params"
@@ -139,11 +140,6 @@ def model_config_from_metadata(metadata: Mapping[str, Any], where: str = "checkp
     return ModelConfig.from_dict(metadata["model_config"])
 
 
-def key_path_str(path: Any) -> str:
-    """A pytree key path as "stack/attn/q/kernel" (dict keys, attribute names or indices)."""
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
 def _params_tree_metadata(params_dir: pathlib.Path) -> Any:
     """The saved params tree (shapes/dtypes) of an item directory.
 
@@ -229,7 +225,8 @@ def load_latest_readable(path: str | pathlib.Path) -> tuple[pathlib.Path, dict[s
     raise UnreadableCheckpointError(f"no readable checkpoint under {path}: " + "; ".join(failures))
 
 
-def _fetch_to_host(tree: Any) -> Any:
+def fetch_to_host(tree: Any) -> Any:
+    """Every leaf as a full host numpy array (gathered across processes when sharded over hosts)."""
     from jax.experimental import multihost_utils
 
     def one(x: Any) -> np.ndarray:
@@ -259,7 +256,7 @@ def save_inference_checkpoint(
     path = pathlib.Path(path).expanduser().absolute()
     if path.exists():
         raise ValueError(f"checkpoint path {path} already exists; choose a new directory")
-    host_params = _fetch_to_host(params)
+    host_params = fetch_to_host(params)
     if dtype == "bfloat16":
         import ml_dtypes
 

@@ -48,6 +48,7 @@ from factost_jax.inputs.timestamps import (calendar, calendar_steps_per_day, che
                                            infer_step, regular_grid)
 from factost_jax.model import rollout
 from factost_jax.model.config import ModelConfig
+from factost_jax.model.quantiles import point_and_quantiles
 from factost_jax.model.encoder import Params, jitted_apply, unbox
 
 __all__ = ["DEFAULT_QUANTILES", "Forecaster", "QuantileForecast", "resolve_checkpoint_path", "level_column"]
@@ -308,7 +309,8 @@ class Forecaster:
                                                           max_batch_size=max_batch))
                 bar.update(chunk.shape[0])
         normalised = np.concatenate(outputs, axis=0).astype(np.float64)
-        return np.sort(normalised * scale[:, :, None] + loc[:, :, None], axis=-1).astype(np.float32)
+        restored = normalised * scale[:, :, None] + loc[:, :, None]
+        return point_and_quantiles(restored, self.quantile_levels)[1].astype(np.float32)
 
     def forecast(self, inputs: Any, horizon: int, quantiles: Sequence[float] = DEFAULT_QUANTILES,
                  batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None,
@@ -340,8 +342,7 @@ class Forecaster:
         if not allow_unobserved:
             check_observed(matrix)
         trained = self._forecast_rows(matrix, horizon, batch_size, progress)
-        median_index = trained_index(self.quantile_levels, 0.5)
-        return QuantileForecast(median=np.ascontiguousarray(trained[..., median_index]),
+        return QuantileForecast(median=point_and_quantiles(trained, self.quantile_levels)[0],
                                 quantiles=self._select_levels(trained, levels).astype(np.float32),
                                 quantile_levels=levels)
 
@@ -462,7 +463,7 @@ class Forecaster:
                                          context, future, horizon), np.float64)  # [B, H, N, Q]
         loc = loc.reshape(batch, 1, nodes, 1)
         scale = scale.reshape(batch, 1, nodes, 1)
-        return np.sort(out * scale + loc, axis=-1).astype(np.float32)
+        return point_and_quantiles(out * scale + loc, self.quantile_levels)[1].astype(np.float32)
 
     def forecast_network(self, values: Any, timestamps: Any, horizon: int,
                          quantiles: Sequence[float] = DEFAULT_QUANTILES) -> QuantileForecast:
@@ -499,7 +500,6 @@ class Forecaster:
         trained = self.network_quantiles(
             values[None], {"time_of_day": context_tod[None], "day_of_week": context_dow[None]},
             {"time_of_day": future_tod[None], "day_of_week": future_dow[None]}, horizon, steps_per_day)[0]
-        median_index = trained_index(self.quantile_levels, 0.5)
-        return QuantileForecast(median=np.ascontiguousarray(trained[..., median_index]),
+        return QuantileForecast(median=point_and_quantiles(trained, self.quantile_levels)[0],
                                 quantiles=self._select_levels(trained, levels).astype(np.float32),
                                 quantile_levels=levels)

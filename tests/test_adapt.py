@@ -309,3 +309,69 @@ def test_launcher_user_error_writes_nothing(repo_root, tmp_path):
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1].startswith("error: init_from: checkpoint path")
     assert not workdir.exists()
+
+
+# ----------------------------------------------------------------------------- one scoring path
+def test_metrics_json_agrees_with_evaluating_the_same_checkpoint(configs, stage1_ckpt, tmp_path):
+    """metrics.json (stage-2 validation / test code) and launch/evaluate.py's path (Forecaster.load ->
+    checkpoint_predictor -> evaluate) score the best parameters alike: both sort the quantile head's
+    output and take the median of the sorted levels (raw random-head quantiles cross, so this fails
+    when one path skips the sort)."""
+    from factost_jax.eval.evaluate import checkpoint_predictor, evaluate
+    from factost_jax.forecast import Forecaster
+
+    config = _tiny(configs, stage1_ckpt, steps=2, eval_every=2, checkpoint_every=2, patience=0)
+    run = stage2.validate_adapt_config(config)
+    task = stage2.make_task(run, tmp_path / "run")
+    stage2.run_adaptation(run, tmp_path / "run", task=task, progress=False)
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    from tb_events import read_scalars
+
+    events = read_scalars(tmp_path / "run" / "tensorboard")  # stage 2 logs TensorBoard events too
+    assert [step for step, _ in events["val_MAE"]] == [0, 2] and [step for step, _ in events["loss"]] == [1, 2]
+    best, _ = task.restore_best()
+    levels = np.asarray(run.backbone.quantile_levels)
+    raw = np.asarray(task._jitted_forecast()(best, mesh_lib.replicated_host_to_global(
+        next(iter(task.train_dataset(0, 1))), task.mesh)))
+    assert (np.diff(raw, axis=-1) < 0).any(), "the head's raw quantiles should cross here, else the test proves nothing"
+
+    path = ckpt_io.save_inference_checkpoint(tmp_path / "best_ckpt", run.backbone, best,
+                                             {"stage": "adapt", "run_config": run.to_dict()})
+    forecaster = Forecaster.load(path)
+    assert forecaster.stage == 2
+    result = evaluate(task.dataset, checkpoint_predictor(forecaster, task.dataset), run.data.input_len,
+                      run.data.horizon, split="test", batch_size=64, progress=False)
+    assert result["num_windows"] == written["num_windows"]
+    for step, row in written["metrics"].items():
+        for name in ("MAE", "RMSE", "MAPE", "QL"):
+            np.testing.assert_allclose(result["metrics"][step][name], row[name], rtol=2e-4, err_msg=f"{step} {name}")
+        np.testing.assert_allclose(result["metrics"][step]["coverage_80"], row["coverage_80"], atol=2e-3)
+
+
+# ----------------------------------------------------------------------------- node-axis sharding
+def test_mesh_nodes_axis_reaches_the_task_and_the_launcher(configs, stage1_ckpt, repo_root, tmp_path):
+    """`mesh.nodes_axis` is a config field: validated, handed to the loop's rules (the node table is
+    born split over "tensor"), and accepted / refused through launch/adapt.py."""
+    config = _tiny(configs, stage1_ckpt, steps=1, eval_every=1, checkpoint_every=1)
+    config.mesh.update(dict(shape="-1,1,2", nodes_axis="tensor"))
+    run = stage2.validate_adapt_config(config)
+    assert (run.mesh.shape, run.mesh.nodes_axis) == ("-1,1,2", "tensor")
+    task = stage2.make_task(run)
+    shardings = mesh_lib.param_shardings(jax.eval_shape(task.init_params, jax.random.key(0)), task.mesh, task.rules)
+    assert shardings["adapter"]["st_context"]["node_embed"].spec[0] == "tensor"
+    config.mesh.nodes_axis = "fsdp"
+    with pytest.raises(ValueError, match="mesh.nodes_axis must be one of"):
+        stage2.validate_adapt_config(config)
+
+    workdir = tmp_path / "nodes"
+    args = ["--config", "configs/adapt.py:synthetic", f"--config.init_from={stage1_ckpt}", "--workdir", str(workdir),
+            "--config.data.synthetic_nodes=4", "--config.data.synthetic_days=7", "--config.data.batch_size=8",
+            "--config.data.read_threads=0", "--config.train.steps=1", "--config.train.eval_every=1",
+            "--config.train.checkpoint_every=1", "--config.train.progress=False", "--config.mesh.shape=-1,1,2"]
+    refused = _launch(repo_root, *args, "--config.mesh.nodes_axis=fsdp")
+    assert refused.returncode == 2 and "mesh.nodes_axis must be one of" in refused.stderr, refused.stderr[-2000:]
+    assert not (workdir / "checkpoints").exists()
+    result = _launch(repo_root, *args, "--config.mesh.nodes_axis=tensor")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((workdir / "config.json").read_text())["mesh"] == {"shape": "-1,1,2", "nodes_axis": "tensor"}
+    assert (workdir / "metrics.json").is_file()

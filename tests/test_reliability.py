@@ -20,7 +20,7 @@ import pytest
 
 from factost_jax.checkpoint import list_steps
 from launcher_runs import launcher_env, run, start_and_signal, train_steps
-from factost_jax.train.loop import SHA_FILE, RunConfigError, TrainConfig, train_and_evaluate
+from factost_jax.train.loop import SHA_FILE, RunConfigError, TaskHooks, TrainConfig, train_and_evaluate
 
 # ------------------------------------------------------------------------------------ subprocess runs
 STEPS = 40
@@ -108,7 +108,7 @@ def test_sigterm_saves_exits_zero_and_rerun_resumes_there(repo_root, cli_env, re
 
 
 # ------------------------------------------------------------------------------- in-process toy runs
-class _ToyTask:
+class _ToyTask(TaskHooks):
     """y = x @ w + b on deterministic rows; `poison_batches` get a NaN, `width` changes the model."""
 
     name = "toy"

@@ -256,14 +256,12 @@ def test_preempted_before_first_update_resumes_without_repeating_step0_validatio
 
 
 def test_best_save_cut_off_by_a_kill_leaves_nothing_behind(tmp_path):
-    from factost_jax.train.stage2 import _Stage2Task
+    from factost_jax.train.best_params import save_best
 
     root = tmp_path / BEST_DIR
     # What a SIGKILL during the best-parameters save of step 8 leaves next to the previous best (Orbax
     # writes `<step>.orbax-checkpoint-tmp-<time>/` and renames it when complete).
     (root / "4").mkdir(parents=True)
     (root / "8.orbax-checkpoint-tmp-1764000000" / "d").mkdir(parents=True)
-    # Only the best/ location of the task is used by the save.
-    task = type("BestOnly", (), {"_best_root": lambda self: root})()
-    _Stage2Task._save_best(task, {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, 8)
+    save_best(root, {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, 8)
     assert sorted(p.name for p in root.iterdir()) == ["8"]

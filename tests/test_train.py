@@ -18,6 +18,7 @@ from factost_jax.train.loop import (
     METRICS_FILE,
     SHA_FILE,
     RunConfigError,
+    TaskHooks,
     TrainConfig,
     params_sha256,
     train_and_evaluate,
@@ -193,11 +194,14 @@ def test_param_shardings_follow_rules_and_fall_back_on_odd_dims():
     # Born sharded: jit places each leaf on its shards straight from init.
     params = jax.jit(lambda r: mesh_lib.unbox(module.init(r, x)["params"]), out_shardings=shardings)(jax.random.key(0))
     assert params["wide"].sharding == shardings["wide"]
-    # Optimizer moments follow their parameter; scalars (the step count) are replicated.
-    opt_abstract = jax.eval_shape(optax.adam(1e-3).init, mesh_lib.unbox(abstract))
-    opt_shardings = mesh_lib.follow_param_shardings(opt_abstract, mesh_lib.unbox(abstract), shardings, mesh)
+    # Optimizer moments follow their parameter (read from its box); scalars (the step count) are
+    # replicated; the tree is the one the unboxed optimizer state has.
+    opt_shardings = mesh_lib.opt_state_shardings(optax.adam(1e-3), abstract, mesh)
     assert opt_shardings[0].mu["wide"].spec == shardings["wide"].spec
+    assert opt_shardings[0].nu["odd"].spec == shardings["odd"].spec == jax.sharding.PartitionSpec("fsdp", None)
     assert opt_shardings[0].count.spec == jax.sharding.PartitionSpec()
+    unboxed_state = jax.eval_shape(optax.adam(1e-3).init, mesh_lib.unbox(abstract))
+    assert jax.tree.structure(opt_shardings) == jax.tree.structure(unboxed_state)
 
 
 def test_host_to_global_shards_batch_and_checks_divisibility():
@@ -313,7 +317,7 @@ def test_loop_rejects_bad_workdir_and_mesh(tmp_path, data_dir):
         train_and_evaluate(PretrainTask(bad_mesh), bad_mesh, tmp_path / "run")
 
 
-class _ToyTask:
+class _ToyTask(TaskHooks):
     """A minimal task: y = x @ w + b on synthetic rows; `poison` makes every loss NaN."""
 
     name = "toy"
@@ -379,6 +383,11 @@ def test_loop_with_frozen_partition_resumes_masked_optimizer_state(tmp_path):
     np.testing.assert_array_equal(params["b"], np.ones(2))  # frozen by the task's trainable mask
     metadata = json.loads((workdir / "checkpoints" / "5" / "metadata" / "metadata").read_text())
     assert metadata["stage"] == "toy" and metadata["step"] == 5 and metadata["model_config"] == {"kind": "toy"}
+    from tb_events import read_scalars
+
+    events = read_scalars(workdir / "tensorboard")  # both runs, one curve
+    assert [step for step, _ in events["loss"]] == [1, 2, 3, 4, 5]
+    assert [step for step, _ in events["eval_loss"]] == [3, 5]
 
 
 def test_loop_stops_after_consecutive_non_finite_steps(tmp_path):
@@ -390,27 +399,26 @@ def test_loop_stops_after_consecutive_non_finite_steps(tmp_path):
     assert rows[0]["skipped"] == 1 and rows[0]["loss"] is None
 
 
-def test_metric_writer_mirrors_scalars_to_tensorboard_when_available(tmp_path, monkeypatch):
-    from factost_jax.train import loop as loop_module
+def test_metric_writer_writes_tensorboard_events_and_purges_a_crashed_attempt(tmp_path):
+    from factost_jax.train.metric_log import TENSORBOARD_DIR, MetricWriter
 
-    written = []
+    from tb_events import read_scalars
 
-    class FakeWriter:
-        def __init__(self, logdir):
-            self.logdir = logdir
-
-        def add_scalar(self, name, value, step):
-            written.append((name, value, step))
-
-        def close(self):
-            written.append("closed")
-
-    monkeypatch.setattr(loop_module, "_summary_writer_class", lambda: FakeWriter)
-    writer = loop_module.MetricWriter(tmp_path, enabled=True)
-    writer.write({"step": 7, "loss": 0.5, "note": "text"})
-    writer.close()
-    assert written == [("loss", 0.5, 7), "closed"]
-    assert json.loads((tmp_path / METRICS_FILE).read_text()) == {"step": 7, "loss": 0.5, "note": "text"}
+    first = MetricWriter(tmp_path, enabled=True, purge_step=0)
+    for step in (1, 2, 3):
+        first.write({"step": step, "loss": 1.0 / step, "note": "text", "grad_norm": None})
+    first.close()
+    # A resume from the step-2 checkpoint: the attempt's step-3 row is dropped, step 3 logged anew.
+    second = MetricWriter(tmp_path, enabled=True, purge_step=3)
+    second.write({"step": 3, "loss": 0.25})
+    second.close()
+    scalars = read_scalars(tmp_path / TENSORBOARD_DIR)
+    assert set(scalars) == {"loss"}  # text and None (non-finite) are not scalars
+    assert [s for s, _ in scalars["loss"]] == [1, 2, 3] and scalars["loss"][-1][1] == pytest.approx(0.25)
+    assert json.loads((tmp_path / METRICS_FILE).read_text().splitlines()[0]) == {
+        "step": 1, "loss": 1.0, "note": "text", "grad_norm": None}
+    MetricWriter(tmp_path / "other", enabled=False).close()  # other processes write nothing
+    assert not (tmp_path / "other").exists()
 
 
 @pytest.mark.parametrize("variant", ["minuscule", "tiny", "small", "base"])

@@ -19,13 +19,15 @@ workdir / checkpoint dir; default: the shipped factost-tiny when it exists, requ
 model_size (optional check against the checkpoint), trainable ("adapter" | "adapter+head" | "all"),
 loss ("mae" | "pinball" | "mae+pinball"), compute_dtype, remat. Sections: data (few-shot subset,
 memory replay, batch), adapter (AdapterConfig fields but num_nodes), stid (STIDConfig sizes), train
-(TrainConfig fields plus patience, min_delta, eval_batch_size, val_windows), mesh.shape.
+(TrainConfig fields plus patience, min_delta, eval_batch_size, val_windows), mesh.shape and mesh.nodes_axis.
 
 `validate_config(config)` turns the result into a frozen `AdaptRunConfig` (ValueError naming the
 first bad field); the launcher calls it before anything touches the workdir.
 """
 
 from ml_collections import config_dict
+
+from factost_jax.model.config import DEFAULT_TRAINABLE
 
 # variant -> (dataset name, input_len, horizon)
 VARIANTS: dict[str, tuple[str, int, int]] = {
@@ -57,9 +59,9 @@ def _base_config(dataset: str, input_len: int, horizon: int) -> config_dict.Conf
     config.model_size = config_dict.placeholder(str)  # None: whatever size the checkpoint holds
     config.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU
     config.remat = False
-    # trainable: picked by validation MAE on HZMETRO and LOS-LOOP. loss: "mae" and "mae+pinball" tie on
-    # validation MAE; "mae+pinball" keeps the quantiles calibrated (docs/results.md, "Stage-2 defaults and why").
-    config.trainable = "all"
+    # trainable: factost_jax.model.config.DEFAULT_TRAINABLE. loss: "mae" and "mae+pinball" tie on validation
+    # MAE; "mae+pinball" keeps the quantiles calibrated (docs/results.md, "Stage-2 defaults and why").
+    config.trainable = DEFAULT_TRAINABLE
     config.loss = "mae"
 
     # Data: factost_jax.data.st_pipeline.STDataConfig (dataset / lengths come from the top level).
@@ -126,6 +128,9 @@ def _base_config(dataset: str, input_len: int, horizon: int) -> config_dict.Conf
 
     config.mesh = config_dict.ConfigDict()
     config.mesh.shape = "-1,1,1"
+    # The mesh axis the sensor (node) axis is split over: None replicates it, "tensor" splits it for
+    # networks too large for one device (factost_jax.train.mesh.logical_axis_rules).
+    config.mesh.nodes_axis = config_dict.placeholder(str)
     return config
 
 

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from factost_jax.model.config import ModelConfig
+from factost_jax.model.config import TRAINABLE_CHOICES, ModelConfig
 from factost_jax.model.encoder import (
     EncoderStack,
     QuantileHead,
@@ -63,7 +63,6 @@ Params = Any
 
 STAGE1_KEYS: tuple[str, ...] = ("token_embed", "reg_token", "stack", "head")
 ADAPTER_KEY = "adapter"
-TRAINABLE_CHOICES: tuple[str, ...] = ("adapter", "adapter+head", "all")
 PROMPT_ATTENTION_CHOICES: tuple[str, ...] = ("zero_gated", "joint")
 NODE_AXES = ("batch", "nodes", "length", "embed")
 REVIN_EPS = 1e-5

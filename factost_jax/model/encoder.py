@@ -30,6 +30,7 @@ from factost_jax.model.layers import (
     compute_dtype_of,
     rope_tables,
 )
+from factost_jax.trees import key_path_str, unbox  # noqa: F401  (unbox: re-exported for callers)
 
 Params = Any  # a nested dict of arrays, optionally boxed in nn.LogicallyPartitioned
 
@@ -304,21 +305,10 @@ def abstract_params(config: ModelConfig) -> Params:
     return jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
 
 
-def unbox(params: Params) -> Params:
-    """Strips nn.LogicallyPartitioned boxes, leaving plain arrays (no sharding constraint applied)."""
-    return jax.tree.map(
-        lambda leaf: leaf.value if isinstance(leaf, nn.meta.AxisMetadata) else leaf,
-        params,
-        is_leaf=lambda leaf: isinstance(leaf, nn.meta.AxisMetadata),
-    )
-
-
 def host_random_params(abstract_tree: Any, seed: int = 0, std: float = 0.02) -> Any:
     """Host float32 arrays shaped like a plain (unboxed) abstract tree: leaves named *scale 1, *bias 0,
     the rest N(0, std^2). Drawn in numpy, so no init program compiles: for tests and benchmarks
     whose weights' values do not matter."""
-    from factost_jax.checkpoint import key_path_str
-
     rng = np.random.default_rng(seed)
     flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_tree)
     leaves = []

@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from factost_jax.trees import unbox  # noqa: F401  (re-exported: mesh_lib.unbox)
+
 MESH_AXES: tuple[str, str, str] = ("data", "fsdp", "tensor")
 
 # Order matters: flax assigns a mesh axis to the first logical name that claims it, so "batch"
@@ -152,37 +154,16 @@ def param_shardings(abstract_boxed_params: Any, mesh: Mesh, rules: Sequence[tupl
     return jax.tree.map(one, abstract_boxed_params, is_leaf=_is_boxed)
 
 
-def unbox(tree: Any) -> Any:
-    """Strip `nn.Partitioned` boxes WITHOUT adding sharding constraints (jit's out_shardings place them)."""
-    return jax.tree.map(lambda x: x.value if _is_boxed(x) else x, tree, is_leaf=_is_boxed)
+def opt_state_shardings(optimizer: Any, abstract_boxed_params: Any, mesh: Mesh,
+                        rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES) -> Any:
+    """Shardings of `optimizer.init(params)`, read from the logical-axis boxes.
 
-
-def _path_key(path: Sequence[Any]) -> tuple[str, ...]:
-    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
-def follow_param_shardings(abstract_tree: Any, params_abstract: Any, params_shardings: Any, mesh: Mesh) -> Any:
-    """Shardings for a tree whose leaves mirror parameters (optimizer moments), else replicated.
-
-    A leaf is matched to the parameter whose key path is a suffix of its own and whose shape is the
-    same, e.g. `opt_state[...].mu["stack"]["attn"]["q"]["kernel"]` follows that kernel.
+    The optimizer is initialised abstractly on the BOXED parameters: its moments keep each
+    parameter's box (its axis names), so they shard like their parameter through the same rules;
+    leaves without a box (step counts) are replicated. The tree matches the unboxed optimizer state.
     """
-    by_path: dict[tuple[str, ...], tuple[tuple[int, ...], NamedSharding]] = {}
-    flat_params = jax.tree_util.tree_flatten_with_path(params_abstract)[0]
-    flat_shardings = jax.tree.leaves(params_shardings)
-    for (path, leaf), sharding in zip(flat_params, flat_shardings):
-        by_path[_path_key(path)] = (tuple(leaf.shape), sharding)
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def one(path: Sequence[Any], leaf: Any) -> NamedSharding:
-        key = _path_key(path)
-        for start in range(len(key)):
-            hit = by_path.get(key[start:])
-            if hit is not None and hit[0] == tuple(getattr(leaf, "shape", ())):
-                return hit[1]
-        return replicated
-
-    return jax.tree_util.tree_map_with_path(one, abstract_tree)
+    abstract_state = jax.eval_shape(optimizer.init, abstract_boxed_params)
+    return param_shardings(abstract_state, mesh, rules)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -14,6 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from factost_jax.metrics import observed_mask
+
+COUNT_KEY = "target_count"  # eval-step output: targets counted in the batch (not a metric)
 LossFn = Callable[[Any, Mapping[str, jax.Array], jax.Array, bool], tuple[jax.Array, Mapping[str, jax.Array]]]
 
 
@@ -77,12 +80,24 @@ def make_train_step(
 
 
 def make_eval_step(loss_fn: LossFn) -> Callable[[Any, Mapping[str, jax.Array]], dict[str, jax.Array]]:
-    """-> pure `eval_step(params, batch) -> {"loss": ..., **aux}` (deterministic; the rng is unused)."""
+    """-> pure `eval_step(params, batch) -> {"loss": ..., **aux, COUNT_KEY: n}` (deterministic; the rng is unused).
+
+    `n` is how many targets the batch counts (observed `target` values under `target_mask`, the
+    batch convention of both stages; the rows of a batch without a `target`), the weight of its
+    means in the loop's global evaluation mean.
+    """
 
     def eval_step(params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         loss, aux = loss_fn(params, batch, jax.random.key(0), True)
         metrics = {"loss": jnp.asarray(loss, jnp.float32)}
         metrics.update({name: jnp.asarray(value, jnp.float32) for name, value in aux.items()})
+        metrics[COUNT_KEY] = _target_count(batch)
         return metrics
 
     return eval_step
+
+
+def _target_count(batch: Mapping[str, jax.Array]) -> jax.Array:
+    if "target" not in batch:
+        return jnp.asarray(jax.tree.leaves(batch)[0].shape[0], jnp.float32)
+    return jnp.sum(observed_mask(batch["target"], mask=batch.get("target_mask"))).astype(jnp.float32)

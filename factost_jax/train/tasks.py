@@ -2,7 +2,8 @@
 
 `validate_pretrain_config(config)` turns the ml_collections config of `configs/pretrain.py` into
 frozen dataclasses (`PretrainRunConfig`), one clear error per bad field. `PretrainTask(run_config)`
-wires the Encoder, the Grain pipeline and the pinball loss into the interface `train/loop.py` runs.
+wires the Encoder, the Grain pipeline and the pinball loss into the `Task` protocol (`train/task.py`)
+that `train/loop.py` runs.
 """
 
 from __future__ import annotations
@@ -18,16 +19,11 @@ import numpy as np
 from factost_jax.data.pipeline import PretrainDataConfig
 from factost_jax.model.config import ModelConfig, model_config
 from factost_jax.train import mesh as mesh_lib
-from factost_jax.train.loop import TrainConfig
+from factost_jax.train.config import AUTO_DTYPE, MeshConfig, TrainConfig, resolve_compute_dtype  # noqa: F401
+from factost_jax.train.task import TaskHooks
 
 STAGE = "pretrain"
 HUBER_DELTA = 2.0  # spec §2.3: Huber(δ=2) of the median is logged, never optimised
-AUTO_DTYPE = "auto"  # compute_dtype "auto": bfloat16 on GPU/TPU, float32 on CPU
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-    shape: str = "-1,1,1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +55,6 @@ def _as_dict(section: Any, name: str) -> dict[str, Any]:
     if isinstance(section, Mapping):
         return dict(section)
     raise ValueError(f"config.{name} must be a mapping, got {type(section).__name__}")
-
-
-def resolve_compute_dtype(value: str, backend: str | None = None) -> str:
-    if value != AUTO_DTYPE:
-        return value
-    backend = jax.default_backend() if backend is None else backend
-    return "bfloat16" if backend in ("gpu", "tpu", "cuda", "rocm") else "float32"
 
 
 def _model_section(values: dict[str, Any]) -> tuple[str, ModelConfig]:
@@ -133,7 +122,7 @@ def validate_pretrain_config(config: Any) -> PretrainRunConfig:
     return PretrainRunConfig(size, model, data, train, MeshConfig(shape_text))
 
 
-class PretrainTask:
+class PretrainTask(TaskHooks):
     """Stage 1: Encoder + randomized-window Grain stream + masked pinball loss (spec §2.3).
 
     The loss lives in the window-normalised space: the pipeline z-scores context and target with the
