@@ -114,7 +114,7 @@ def run_on_devices(task, run_config, devices, host_batches, warmup: int) -> dict
     with mesh_lib.mesh_context(mesh):
         init_rng, dropout_rng = jax.random.split(jax.random.key(run_config.train.seed))
         setup = build_setup(task, run_config.train, mesh, init_rng)
-        state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(init_rng)
+        state = setup.create_state(init_rng)
         train_step, _ = jit_steps(task, setup)
         losses, times = [], []
         for index, host_batch in enumerate(host_batches):

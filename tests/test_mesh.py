@@ -43,7 +43,7 @@ def _losses_on_mesh(task, run_config, mesh, host_batches):
     with mesh_lib.mesh_context(mesh):
         init_rng, dropout_rng = jax.random.split(jax.random.key(run_config.train.seed))
         setup = build_setup(task, run_config.train, mesh, init_rng)
-        state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(init_rng)
+        state = setup.create_state(init_rng)
         train_step, _ = jit_steps(task, setup)
         losses = []
         for host_batch in host_batches:
@@ -89,7 +89,7 @@ def test_fsdp_over_eight_devices_shards_every_embed_dimension(stage1):
     with mesh_lib.mesh_context(mesh):
         init_rng = jax.random.key(0)
         setup = build_setup(task, run_config.train, mesh, init_rng)
-        state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(init_rng)
+        state = setup.create_state(init_rng)
     kernel = state.params["stack"]["layers"]["mlp"]["up_proj"]["kernel"]
     assert kernel.sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec(None, "fsdp", None)), kernel.ndim)
     assert kernel.addressable_shards[0].data.shape == (1, 32 // 8, 128)

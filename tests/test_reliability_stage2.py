@@ -23,7 +23,7 @@ from factost_jax.checkpoint import list_steps
 from launcher_runs import launcher_env, metric_rows, run, start_and_signal, train_steps
 from factost_jax.model.config import model_config
 from factost_jax.model.encoder import abstract_params, host_random_params, unbox
-from factost_jax.train.loop import SHA_FILE, TrainConfig, train_and_evaluate
+from factost_jax.train.loop import SHA_FILE, TaskHooks, TrainConfig, train_and_evaluate
 from factost_jax.train.stage2 import BEST_DIR, METRICS_JSON, EarlyStopping
 
 # ------------------------------------------------------------------------------------ subprocess runs
@@ -153,7 +153,7 @@ def test_adapt_sigterm_saves_exits_zero_and_rerun_resumes_there(repo_root, cli_e
 
 
 # ------------------------------------------------------------------------------- in-process toy run
-class _ValidatedToyTask:
+class _ValidatedToyTask(TaskHooks):
     """y = x @ w + b with the stage-2 hooks: a validation loss, `EarlyStopping` and its state in checkpoints.
 
     `signal_on_first_validation` sends SIGTERM to this process while the step-0 validation runs,
@@ -259,9 +259,12 @@ def test_best_save_cut_off_by_a_kill_leaves_nothing_behind(tmp_path):
     from factost_jax.train.best_params import save_best
 
     root = tmp_path / BEST_DIR
+    params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    save_best(root, params, 4, 0.5, {"stage": "toy"})
     # What a SIGKILL during the best-parameters save of step 8 leaves next to the previous best (Orbax
     # writes `<step>.orbax-checkpoint-tmp-<time>/` and renames it when complete).
-    (root / "4").mkdir(parents=True)
     (root / "8.orbax-checkpoint-tmp-1764000000" / "d").mkdir(parents=True)
-    save_best(root, {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, 8)
+    save_best(root, {"w": params["w"] + 1}, 8, 0.25, {"stage": "toy"})
     assert sorted(p.name for p in root.iterdir()) == ["8"]
+    metadata = json.loads((root / "8" / "metadata" / "metadata").read_text())
+    assert metadata == {"stage": "toy", "step": 8, "val_MAE": 0.25}

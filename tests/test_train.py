@@ -239,10 +239,14 @@ def _load_pretrain_configs():
     return module
 
 
-def _debug_run_config(data_dir, **train_overrides):
+def _debug_run_config(data_dir=None, **train_overrides):
+    """The debug pretraining run; without `data_dir` its corpus is KernelSynth only (no files needed)."""
     pretrain_configs = _load_pretrain_configs()
     config = pretrain_configs.get_config("debug")
-    config.data.data_dir = str(data_dir)
+    if data_dir is None:
+        config.data.corpora = (("kernelsynth", 1.0),)
+    else:
+        config.data.data_dir = str(data_dir)
     config.data.batch_size = 16
     config.data.output_patch_buckets = (2,)  # one compiled train program keeps the test short
     config.model.num_layers = 1
@@ -257,11 +261,12 @@ def _rows(workdir):
     return [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
 
 
-def test_loop_logs_checkpoints_and_resumes_exactly(tmp_path, data_dir):
+def test_loop_logs_checkpoints_and_resumes_exactly(tmp_path):
+    """Needs no real data (KernelSynth corpus), so it runs on any machine."""
     from factost_jax.checkpoint import list_steps, load_inference_params
     from factost_jax.train.tasks import PretrainTask
 
-    run_config = _debug_run_config(data_dir)
+    run_config = _debug_run_config()
     workdir = tmp_path / "run"
     first = train_and_evaluate(PretrainTask(run_config), run_config, workdir)
     assert first["step"] == 6 and first["start_step"] == 0 and first["num_programs"] == 1
@@ -296,17 +301,17 @@ def test_loop_logs_checkpoints_and_resumes_exactly(tmp_path, data_dir):
     # A finished run reruns as a no-op; a different model in the same workdir is refused.
     third = train_and_evaluate(PretrainTask(run_config), run_config, workdir)
     assert third["start_step"] == 6 and third["params_sha256"] == sha
-    other = _debug_run_config(data_dir)
+    other = _debug_run_config()
     other = type(other)(other.model_size, type(other.model)(**{**other.model.to_dict(), "d_model": 64}),
                         other.data, other.train, other.mesh)
     with pytest.raises(RunConfigError, match="different model"):
         train_and_evaluate(PretrainTask(other), other, workdir)
 
 
-def test_loop_rejects_bad_workdir_and_mesh(tmp_path, data_dir):
+def test_loop_rejects_bad_workdir_and_mesh(tmp_path):
     from factost_jax.train.tasks import PretrainTask
 
-    run_config = _debug_run_config(data_dir)
+    run_config = _debug_run_config()
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(RunConfigError, match="not a directory"):

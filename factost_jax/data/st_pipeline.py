@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from factost_jax.data.checks import as_float, as_int
 from factost_jax.data.pipeline import derive_seed
 from factost_jax.data.types import STDataset
 from factost_jax.data.windows import split_target_starts, window_indices
@@ -55,21 +56,6 @@ _TAG_SELECT = "st_few_shot"
 _TAG_MEMORY = "st_memory_shuffle"
 _TAG_CURRENT = "st_current_shuffle"
 _TAG_ALL = "st_shuffle"
-
-
-def _as_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    return int(value)
-
-
-def _as_float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,20 +118,20 @@ class STDataConfig:
         if not isinstance(self.dataset, str) or not self.dataset.strip():
             raise ValueError(f"dataset must be a dataset name, got {self.dataset!r}")
         for name in ("input_len", "horizon", "batch_size", "synthetic_nodes", "synthetic_days"):
-            if _as_int(getattr(self, name), name) < 1:
+            if as_int(getattr(self, name), name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("channel", "seed", "read_threads", "prefetch_batches"):
-            if _as_int(getattr(self, name), name) < 0:
+            if as_int(getattr(self, name), name) < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
         if self.seed >= 2**32:
             raise ValueError(f"seed must be below 2**32, got {self.seed}")
-        if not 0.0 < _as_float(self.few_shot_ratio, "few_shot_ratio") <= 1.0:
+        if not 0.0 < as_float(self.few_shot_ratio, "few_shot_ratio") <= 1.0:
             raise ValueError(f"few_shot_ratio must lie in (0, 1] (1 = full-shot), got {self.few_shot_ratio}")
         if self.few_shot_selection not in SELECTIONS:
             raise ValueError(f"few_shot_selection must be one of {SELECTIONS}, got {self.few_shot_selection!r}")
-        if not 0.0 < _as_float(self.memory_fraction, "memory_fraction") < 1.0:
+        if not 0.0 < as_float(self.memory_fraction, "memory_fraction") < 1.0:
             raise ValueError(f"memory_fraction must lie in (0, 1), got {self.memory_fraction}")
-        if not 0.0 <= _as_float(self.replay_ratio, "replay_ratio") < 1.0:
+        if not 0.0 <= as_float(self.replay_ratio, "replay_ratio") < 1.0:
             raise ValueError(f"replay_ratio must lie in [0, 1) (0 disables memory replay), got {self.replay_ratio}")
         if self.replay_ratio > 0:
             memory_rows, _ = replay_split(self.batch_size, self.replay_ratio)
@@ -154,7 +140,7 @@ class STDataConfig:
                     f"replay_ratio={self.replay_ratio} x batch_size={self.batch_size} gives {memory_rows} memory rows "
                     f"per batch; choose values giving between 1 and batch_size - 1 (or replay_ratio=0 to disable replay)")
         self.file_options()  # a bad file option names itself; a registered dataset refuses them
-        if _as_int(process_count, "process_count") < 1:
+        if as_int(process_count, "process_count") < 1:
             raise ValueError(f"process_count must be a positive integer, got {process_count}")
         if self.batch_size % process_count:
             raise ValueError(f"batch_size={self.batch_size} (global) must be divisible by the process count "
@@ -390,7 +376,7 @@ def make_st_train_dataset(config: STDataConfig, dataset: STDataset, process_inde
     import grain
 
     config.validate(process_count)
-    if not 0 <= _as_int(process_index, "process_index") < process_count:
+    if not 0 <= as_int(process_index, "process_index") < process_count:
         raise ValueError(f"process_index must lie in 0..{process_count - 1}, got {process_index}")
     subset = select_train_windows(dataset, config)
     gather = WindowGatherer(dataset, config.input_len, config.horizon, include_provenance)

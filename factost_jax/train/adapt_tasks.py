@@ -27,8 +27,9 @@ class AdaptTask(Stage2Task):
     """FactoST stage 2: `STAdapterModel` initialised from a stage-1 (or stage-2) checkpoint.
 
     The checkpoint is read when the task is built, before the loop touches the workdir, so a missing,
-    corrupt or wrong-size checkpoint fails with nothing written. The stage-1 weights enter the
-    sharded initialisation as constants of `init_params`, so they are born on the loop's mesh.
+    corrupt or wrong-size checkpoint fails with nothing written. Its weights are the task's
+    `initial_values()`: the loop places them on the parameters' shardings and hands them to the
+    jitted init as arguments, which grafts them into fresh stage-2 parameters (`init_params`).
     """
 
     def __init__(self, config: AdaptRunConfig, workdir: str | pathlib.Path | None = None,
@@ -62,13 +63,20 @@ class AdaptTask(Stage2Task):
         future = {name: np.zeros((1, data.horizon), np.int32) for name in names}
         return self.model.init({"params": rng}, values, context, future, data.horizon, True)["params"]
 
-    def _init_boxed(self, rng: jax.Array) -> Any:
+    def initial_values(self) -> Any:
+        """The `init_from` weights (host float32): stage-1 keys, or every key of a stage-2 checkpoint."""
+        return self._init_values
+
+    def init_params(self, rng: jax.Array, values: Any = None) -> Any:
+        """Fresh boxed stage-2 params; with `values` (see `initial_values`) grafted in."""
         from factost_jax.model.adapter import graft_stage1_params
 
         fresh = self._fresh_params(rng)
+        if values is None:
+            return fresh
         if self.init_kind == "stage2":
-            return fill_boxed(fresh, self._init_values)
-        return graft_stage1_params(fresh, self._init_values)
+            return fill_boxed(fresh, values)
+        return graft_stage1_params(fresh, values)
 
     def _forward(self, params: Any, batch: Mapping[str, Any], rng: jax.Array | None, deterministic: bool) -> Any:
         """-> quantiles [B, H, N, Q] in the train-normalised space."""

@@ -1,4 +1,12 @@
-"""Early stopping on a validation value (lower is better), with its state kept in checkpoints."""
+"""Early stopping on a validation value (lower is better), with its state kept in checkpoints.
+
+Hand-written rather than `flax.training.early_stopping.EarlyStopping`, whose semantics differ where
+this run's guarantees depend on them (checked with flax 0.12): its first update counts as an
+improvement whatever the value, so a NaN first validation becomes the best and nothing can beat it
+afterwards; `patience=0` stops at the first evaluation without improvement (here: never stop); it
+stops one evaluation later than `patience` says; and it does not record the best step, which
+`best/` and metrics.json name.
+"""
 
 from __future__ import annotations
 

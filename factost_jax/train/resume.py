@@ -35,7 +35,7 @@ def initial_state(
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
         say("no checkpoint found; starting from step 0")
-        state = jax.jit(setup.init_state, out_shardings=setup.state_shardings)(init_rng)
+        state = setup.create_state(init_rng, task.initial_values())
         return state, 0, make_data_iter()
     unreadable: list[tuple[pathlib.Path, str]] = []
     for step in steps:

@@ -1,5 +1,5 @@
 """What the loop compiles: abstract (shape-only) train state, its shardings, the optimizer and the
-jitted train / eval steps. Nothing is allocated here; `jax.jit(setup.init_state, out_shardings=...)`
+jitted train / eval steps. Nothing is allocated by `build_setup`; `setup.create_state(rng, values)`
 creates the parameters already sharded.
 """
 
@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 from factost_jax.train import mesh as mesh_lib
 from factost_jax.train.config import TrainConfig
@@ -26,7 +27,24 @@ class Setup:
     abstract_params: Any
     abstract_state: TrainState
     state_shardings: TrainState
-    init_state: Callable[[jax.Array], TrainState]
+    init_state: Callable[..., TrainState]
+
+    def create_state(self, rng: jax.Array, values: Any = None) -> TrainState:
+        """The initial train state, born sharded. `values` (host arrays, `Task.initial_values()`) enter
+        the jitted init as arguments already on their parameters' shardings, so the compiled program
+        holds no weights as constants (its size and compile time do not grow with the backbone)."""
+        placed = place_values(values, self.state_shardings.params)
+        return jax.jit(self.init_state, out_shardings=self.state_shardings)(rng, placed)
+
+
+def place_values(values: Any, params_shardings: Any) -> Any:
+    """Host arrays -> global arrays on the shardings of the parameters they initialise (each process
+    reads only its shards). `values` holds a subset of the parameters' top-level keys; None stays None."""
+    if values is None:
+        return None
+    shardings = {key: params_shardings[key] for key in values}
+    return jax.tree.map(lambda value, sharding: jax.make_array_from_callback(
+        np.shape(value), sharding, lambda index, value=value: np.asarray(value)[index]), dict(values), shardings)
 
 
 def build_setup(task: Task, train_cfg: TrainConfig, mesh: Any, init_rng: jax.Array,
@@ -37,8 +55,9 @@ def build_setup(task: Task, train_cfg: TrainConfig, mesh: Any, init_rng: jax.Arr
     abstract_params = mesh_lib.unbox(abstract_boxed)
     optimizer = make_optimizer(train_cfg, task.trainable_mask(abstract_params))
 
-    def init_state(rng: jax.Array) -> TrainState:
-        return TrainState.create(mesh_lib.unbox(task.init_params(rng)), optimizer)
+    def init_state(rng: jax.Array, values: Any = None) -> TrainState:
+        boxed = task.init_params(rng) if values is None else task.init_params(rng, values)
+        return TrainState.create(mesh_lib.unbox(boxed), optimizer)
 
     abstract_state = jax.eval_shape(init_state, init_rng)
     opt_shardings = mesh_lib.opt_state_shardings(optimizer, abstract_boxed, mesh, rules)

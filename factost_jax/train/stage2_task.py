@@ -22,7 +22,8 @@ from factost_jax.model.quantiles import point_and_quantiles
 from factost_jax.scoring import evaluate
 from factost_jax.train import mesh as mesh_lib
 from factost_jax.train.adapt_config import DATA_CALENDAR, STAGE, AdaptRunConfig
-from factost_jax.train.best_params import BEST_DIR, restore_best, save_best
+from factost_jax.train.best_params import BEST_DIR, BEST_METRIC, restore_best, save_best
+from factost_jax.train.config import config_to_dict
 from factost_jax.train.early_stopping import EarlyStopping
 
 
@@ -56,7 +57,8 @@ class Stage2Task:
     """What both stage-2 tasks share: data, evaluation on full splits, early stopping, best params.
 
     Subclasses define `_forward(params, batch, rng, deterministic) -> [B, H, N, Q] or [B, H, N]`,
-    `_init_boxed(rng)`, `quantile_levels` (None for point forecasters), `model_config_dict()`,
+    `_init_boxed(rng)` (or `init_params(rng, values)` with `initial_values()`), `quantile_levels` (None for
+    point forecasters), `model_config_dict()`,
     `trainable_mask(params)`, `loss_fn`, `tokens_in_batch`.
     """
 
@@ -83,17 +85,21 @@ class Stage2Task:
     def batch_shapes_key(self, batch: Mapping[str, Any]) -> tuple[int, ...]:
         return tuple(np.shape(batch["values"]))
 
-    def init_params(self, rng: jax.Array) -> Any:
+    def init_params(self, rng: jax.Array, values: Any = None) -> Any:
         return self._init_boxed(rng)
+
+    def initial_values(self) -> Any:
+        return None
 
     # ---- stage-2 hooks of the loop
     def evaluate_params(self, params: Any, step: int) -> dict[str, Any]:
-        """Full validation split; keeps the best parameters under `workdir/best/<step>`."""
+        """Full validation split (or its tail); keeps the best parameters under `workdir/best/<step>` (`best_params.py`)."""
         result = self.evaluate_split(params, "val", last_windows=self.config.early_stopping.val_windows or None)
         metrics = {f"val_{name}": value for name, value in result["metrics"]["avg"].items()}
-        improved = self.early_stopping.update(_finite_or_nan(metrics["val_MAE"]), step)
+        value = _finite_or_nan(metrics[BEST_METRIC])
+        improved = self.early_stopping.update(value, step)
         if improved and self.workdir is not None:
-            self._save_best(params, step)
+            self._save_best(params, step, value)
         row = {**metrics, "best_val_MAE": self.early_stopping.best_value, "best_step": self.early_stopping.best_step,
                "evals_without_improvement": self.early_stopping.evals_without_improvement}
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
@@ -182,8 +188,10 @@ class Stage2Task:
             raise ValueError("this task has no workdir; pass one to keep the best parameters")
         return self.workdir / BEST_DIR
 
-    def _save_best(self, params: Any, step: int) -> None:
-        save_best(self._best_root(), params, step)
+    def _save_best(self, params: Any, step: int, value: float) -> None:
+        metadata = {"stage": self.name, "model_config": self.model_config_dict(),
+                    "run_config": config_to_dict(self.config)}
+        save_best(self._best_root(), params, step, value, metadata)
 
     def restore_best(self) -> tuple[Any, int]:
         """(params of the best evaluation, placed on this task's mesh, its step)."""

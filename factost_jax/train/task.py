@@ -3,7 +3,8 @@
 A task (stage 1: `train/tasks.py::PretrainTask`; stage 2: `train/stage2_task.py`) provides:
   name: str                                     stage recorded in checkpoint metadata
   model_config_dict() -> dict                   JSON model config, stored with every checkpoint
-  init_params(rng) -> boxed params              flax params carrying logical axis names
+  init_params(rng, values=None) -> boxed params flax params carrying logical axis names; `values` (the
+                                                task's initial_values(), when it has some) fill them
   loss_fn(params, batch, rng, deterministic) -> (loss, {name: scalar})
   train_dataset(process_index, process_count) -> grain.IterDataset of host batches (this process's rows)
   eval_batches() -> list[dict]                  fixed GLOBAL batches (identical on every process)
@@ -17,7 +18,12 @@ A task (stage 1: `train/tasks.py::PretrainTask`; stage 2: `train/stage2_task.py`
                                                 ends the run early (e.g. early stopping)
   state_dict() -> dict / load_state_dict(dict)  JSON task state saved in every checkpoint's metadata
                                                 ("task_state", when not empty) and handed back on resume
-`TaskHooks` gives the last four their do-nothing defaults for a task that needs none of them.
+  initial_values() -> host pytree | None        weights the fresh parameters start from (stage 2: the
+                                                stage-1 checkpoint), top-level keys a subset of the
+                                                params'; the loop places them on their shardings and
+                                                passes them to the jitted init as ARGUMENTS (closed
+                                                over, they would be constants of the compiled program)
+`TaskHooks` gives the last five their do-nothing defaults for a task that needs none of them.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ class Task(Protocol):
     name: str
 
     def model_config_dict(self) -> dict[str, Any]: ...
-    def init_params(self, rng: jax.Array) -> Any: ...
+    def init_params(self, rng: jax.Array, values: Any = None) -> Any: ...
     def loss_fn(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, deterministic: bool) -> Any: ...
     def train_dataset(self, process_index: int, process_count: int) -> Any: ...
     def eval_batches(self) -> list[dict[str, np.ndarray]]: ...
@@ -44,10 +50,12 @@ class Task(Protocol):
     def should_stop(self) -> bool: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+    def initial_values(self) -> Any: ...
 
 
 class TaskHooks:
-    """The protocol's optional hooks, doing nothing: no own evaluation, no stop condition, no state."""
+    """The protocol's optional hooks, doing nothing: no own evaluation, no stop condition, no state,
+    no initial values."""
 
     def evaluate_params(self, params: Any, step: int) -> dict[str, Any]:
         return {}
@@ -59,4 +67,7 @@ class TaskHooks:
         return {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
+
+    def initial_values(self) -> Any:
         return None
