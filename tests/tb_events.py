@@ -10,7 +10,7 @@ def read_scalars(logdir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
     """{tag: [(step, value), ...]} of every scalar in every event file of `logdir`, in file order,
     honouring TensorBoard's purge events (a SessionLog.START at step s drops earlier events >= s)."""
     scalars: dict[str, list[tuple[int, float]]] = {}
-    files = sorted(pathlib.Path(logdir).glob("events.out.tfevents.*"))
+    files = sorted(pathlib.Path(logdir).glob("events.out.tfevents.*"), key=lambda path: path.stat().st_mtime_ns)
     assert files, f"no event file in {logdir}"
     for path in files:
         data = path.read_bytes()

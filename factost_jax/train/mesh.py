@@ -51,6 +51,8 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("prototypes", None),
     ("prompts", None),
     ("prompt_rank", None),
+    ("prompt_hidden", None),
+    ("cpr_hidden", None),
 )
 
 # Mesh axes the stage-2 node axis may be split over ("data"/"fsdp" already carry the batch).

@@ -37,7 +37,9 @@ class MetricWriter:
         from tensorboardX import SummaryWriter
 
         self._file = open(workdir / METRICS_FILE, "a", encoding="utf-8")
-        self._tb = SummaryWriter(str(workdir / TENSORBOARD_DIR), purge_step=purge_step)
+        # A unique suffix: a resumed writer opened within the same second must not overwrite the file.
+        self._tb = SummaryWriter(str(workdir / TENSORBOARD_DIR), purge_step=purge_step,
+                                 filename_suffix=f".{time.time_ns()}")
 
     def write(self, row: Mapping[str, Any]) -> None:
         if not self.enabled:
