@@ -93,7 +93,7 @@ class Stage2Task:
 
     # ---- stage-2 hooks of the loop
     def evaluate_params(self, params: Any, step: int) -> dict[str, Any]:
-        """Full validation split (or its tail); keeps the best parameters under `workdir/best/<step>` (`best_params.py`)."""
+        """Validation split (or its tail); keeps the best parameters under `workdir/best/<step>`."""
         result = self.evaluate_split(params, "val", last_windows=self.config.early_stopping.val_windows or None)
         metrics = {f"val_{name}": value for name, value in result["metrics"]["avg"].items()}
         value = _finite_or_nan(metrics[BEST_METRIC])
