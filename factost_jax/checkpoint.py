@@ -140,6 +140,32 @@ def model_config_from_metadata(metadata: Mapping[str, Any], where: str = "checkp
     return ModelConfig.from_dict(metadata["model_config"])
 
 
+def _pretrain_data_field(metadata: Mapping[str, Any], key: str) -> Any:
+    """A field of the stage-1 data config a checkpoint records, or None.
+
+    Stage-2 checkpoints (and exports) copy it as `pretrain_<key>`; a stage-1 checkpoint holds it in
+    `run_config["data"]`.
+    """
+    if metadata.get(f"pretrain_{key}") is not None:
+        return metadata[f"pretrain_{key}"]
+    run_config = metadata.get("run_config")
+    if metadata.get("stage") == "pretrain" and isinstance(run_config, Mapping):
+        return (run_config.get("data") or {}).get(key)
+    return None
+
+
+def trained_context_length(metadata: Mapping[str, Any]) -> int | None:
+    """The longest context (steps) the checkpoint's encoder was pretrained on; None if unrecorded."""
+    value = _pretrain_data_field(metadata, "context_length")
+    return None if value is None else int(value)
+
+
+def trained_output_patches(metadata: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """The output-patch counts F pretraining drew from (sorted); None if unrecorded."""
+    value = _pretrain_data_field(metadata, "output_patch_buckets")
+    return None if value is None else tuple(sorted(int(f) for f in value))
+
+
 def _params_tree_metadata(params_dir: pathlib.Path) -> Any:
     """The saved params tree (shapes/dtypes) of an item directory.
 

@@ -427,7 +427,7 @@ def test_evaluate_cli_checkpoint_end_to_end(repo_root, data_dir, workdir, tmp_pa
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
         [sys.executable, "launch/evaluate.py", "--checkpoint", str(workdir), "--dataset", "ILLNESS", "--input_len", "32",
-         "--horizon", "12", "--split", "val", "--allow_overlap", "--with_baselines", "--plot", str(tmp_path / "plots"),
+         "--horizon", "12", "--split", "val", "--allow_overlap", "--with_baselines", "--baselines", "naive", "--plot", str(tmp_path / "plots"),
          "--output", str(output), "--data_dir", str(data_dir)],
         cwd=repo_root, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -437,12 +437,13 @@ def test_evaluate_cli_checkpoint_end_to_end(repo_root, data_dir, workdir, tmp_pa
     assert lines[1].split() == ["MAE", "RMSE", "MAPE", "QL", "coverage_80"]
     table_start = lines.index("ILLNESS | val | 32->12 | avg")
     assert [line.split()[0] for line in lines[table_start + 2:table_start + 7]] == [
-        label, "historical_average", "last_value", "seasonal_naive_day", "seasonal_naive_week"]
+        label, "last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average"]
     result = json.loads(output.read_text())
-    assert list(result)[:8] == ["dataset", "model", "input_len", "horizon", "split", "channel", "num_windows", "metrics"]
+    assert list(result)[:7] == ["dataset", "model", "input_len", "horizon", "split", "channel", "num_windows"]
+    assert result["window_stride"] == 1
     assert result["model"] == label and result["num_windows"] == 85
-    assert [r["model"] for r in result["results"]] == [label, "historical_average", "last_value",
-                                                        "seasonal_naive_day", "seasonal_naive_week"]
+    assert [r["model"] for r in result["results"]] == [label, "last_value", "seasonal_naive_day",
+                                                        "seasonal_naive_week", "historical_average"]
     assert result["results"][0]["metrics"] == result["metrics"] and result["skipped"] == []
     avg = result["metrics"]["avg"]
     assert 0 < avg["MAE"] < 10 and 0 <= avg["coverage_80"] <= 1 and avg["QL"] > 0
