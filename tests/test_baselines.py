@@ -82,6 +82,15 @@ def test_last_value_carries_back_over_nan():
     np.testing.assert_array_equal(forecast[0], [[3, 10], [3, 10]])
 
 
+def test_context_mean_skips_nan_and_carries_back():
+    series = np.array([[1, 10], [2, np.nan], [4, np.nan], [np.nan, np.nan], [5, 50], [6, 60]], np.float32)
+    dataset = make_dataset(series)
+    forecast = baselines.make_baseline("context_mean", dataset)(make_batch(dataset, [4], input_len=3, horizon=2))
+    assert forecast.shape == (1, 2, 2) and forecast.dtype == np.float32
+    # node 0: mean of the observed inputs 2 and 4; node 1's input is all NaN: its step-0 value (=10)
+    np.testing.assert_array_equal(forecast[0], [[3, 10], [3, 10]])
+
+
 def test_seasonal_naive_day_and_week_repeat_last_period():
     dataset = make_dataset(np.arange(80, dtype=np.float32)[:, None], freq="6h")  # 4 steps a day
     batch = make_batch(dataset, [10, 30], input_len=2, horizon=6)

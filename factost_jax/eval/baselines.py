@@ -7,6 +7,9 @@
 * `historical_average`: per node and (day_of_week, time_of_day) slot, the mean over the TRAIN split
   only; slots never seen in train fall back to the node's train mean (then to the train mean over
   all nodes, for a node never observed in train).
+* `context_mean`: the mean of the observed values of each node's input window, held flat (the
+  reference of `benchmarks/sanity.py`; not in the "naive" group, whose four are docs/baselines.md's
+  tables).
 
 Missing values: a look-back baseline never forecasts NaN where an earlier observation exists. Where
 the value it would copy is missing it carries back to the most recent observation before that step
@@ -14,7 +17,7 @@ the value it would copy is missing it carries back to the most recent observatio
 window is unobserved, the most recent observation before the window). Only steps `< target_start`
 are ever read, so no baseline sees the values it forecasts.
 
-All four are affine-equivariant, so they work on whatever scale the evaluator hands them.
+All five are affine-equivariant, so they work on whatever scale the evaluator hands them.
 
 `BASELINES` also registers `autoets` and `autotheta` (statsforecast models fitted on each window,
 `factost_jax/eval/statistical.py`), which need the optional `baselines` extra.
@@ -76,6 +79,26 @@ def last_value(dataset: STDataset) -> PredictFn:
         fallback = np.where(before_window[:, None] >= 0, history[np.maximum(before_window, 0)], np.nan)
         last = np.where(last_index >= 0, last, fallback)
         return np.repeat(last[:, None, :], batch.horizon, axis=1).astype(np.float32)
+
+    return predict
+
+
+def context_mean(dataset: STDataset) -> PredictFn:
+    """Forecast the mean of the observed input values of each node for every horizon step."""
+    filled_history = _ForwardFilled()
+
+    def predict(batch: WindowBatch) -> np.ndarray:
+        context = np.asarray(batch.context, np.float64)
+        observed = ~np.isnan(context)
+        count = observed.sum(axis=1)  # [B, N]
+        mean = np.where(observed, context, 0.0).sum(axis=1) / np.maximum(count, 1)
+        # A node whose whole input window is unobserved falls back to its last observation before
+        # the window, as last_value does.
+        before_window = batch.target_start - batch.input_len - 1
+        history = filled_history(batch.values_full)
+        fallback = np.where(before_window[:, None] >= 0, history[np.maximum(before_window, 0)], np.nan)
+        mean = np.where(count > 0, mean, fallback)
+        return np.repeat(mean[:, None, :], batch.horizon, axis=1).astype(np.float32)
 
     return predict
 
@@ -170,7 +193,10 @@ NAIVE_BASELINES: dict[str, Callable[[STDataset], PredictFn]] = {
 }
 # Fitted per window and node: minutes where the naive ones take seconds (evaluate's window_stride helps).
 STATISTICAL_BASELINES: dict[str, Callable[[STDataset], PredictFn]] = {"autoets": autoets, "autotheta": autotheta}
-BASELINES: dict[str, Callable[[STDataset], PredictFn]] = {**NAIVE_BASELINES, **STATISTICAL_BASELINES}
+# The capability benchmark's reference for intermittent and level series (benchmarks/sanity.py).
+CONTEXT_BASELINES: dict[str, Callable[[STDataset], PredictFn]] = {"context_mean": context_mean}
+BASELINES: dict[str, Callable[[STDataset], PredictFn]] = {**NAIVE_BASELINES, **CONTEXT_BASELINES,
+                                                          **STATISTICAL_BASELINES}
 BASELINE_GROUPS = {"naive": tuple(NAIVE_BASELINES), "statistical": tuple(STATISTICAL_BASELINES),
                    "all": tuple(BASELINES)}
 
