@@ -41,9 +41,12 @@ $(BENCH_STAMP): $(TORCH_STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench,baselines]' --extra-index-url https://download.pytorch.org/whl/cpu
 	touch $(BENCH_STAMP)
 
+# The capability benchmark's quick run prints its table; its JSON goes to a folder of its own and the
+# docs keep the full runs (python benchmarks/sanity.py --label vN rewrites those).
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run.py --quick --output benchmarks/results
 	$(PY) benchmarks/accuracy.py --quick
+	$(PY) benchmarks/sanity.py --quick --output benchmarks/results/sanity/quick --docs ''
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
