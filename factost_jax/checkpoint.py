@@ -166,6 +166,27 @@ def trained_output_patches(metadata: Mapping[str, Any]) -> tuple[int, ...] | Non
     return None if value is None else tuple(sorted(int(f) for f in value))
 
 
+# Fields of the stage-1 data config every derived checkpoint keeps as `pretrain_<field>`: what the
+# encoder was trained on (inference stays within it) and what its corpus held (leakage guards).
+INHERITED_DATA_FIELDS = ("context_length", "output_patch_buckets", "corpora", "exclude")
+INHERITED_KEYS = ("corpus",)  # top-level keys kept as they are (the exported list of corpus datasets)
+
+
+def inherited_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """What a checkpoint derived from this one (adapted, exported, saved, uploaded) keeps of its
+    stage-1 provenance: "corpus" and `pretrain_<field>` for `INHERITED_DATA_FIELDS`, where recorded.
+
+    Works on a stage-1 checkpoint (fields read from its run config) and on an already derived one
+    (fields copied as they are), so the information survives any chain of stage 2 / export / save.
+    """
+    kept = {key: metadata[key] for key in INHERITED_KEYS if metadata.get(key) is not None}
+    for field in INHERITED_DATA_FIELDS:
+        value = _pretrain_data_field(metadata, field)
+        if value is not None:
+            kept[f"pretrain_{field}"] = value
+    return kept
+
+
 def _params_tree_metadata(params_dir: pathlib.Path) -> Any:
     """The saved params tree (shapes/dtypes) of an item directory.
 

@@ -21,11 +21,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from factost_jax import checkpoint as ckpt_io
 from factost_jax.data.user_files import OPTION_FIELDS, FileSourceOptions, dataset_from_frame
 
 DATAFRAME_NAME = "DataFrame"
-# Metadata keys of the stage-1 checkpoint kept in the adapted one (the pretraining corpus guards evaluations).
-_INHERITED_METADATA = ("corpus",)
 
 
 def _set_path(config: Any, dotted: str, value: Any) -> None:
@@ -91,7 +90,8 @@ def fit_forecaster(forecaster: Any, df: Any, *, horizon: int, input_len: int, op
         raise KeyboardInterrupt(f"fit was interrupted; its checkpoints are in {workdir}")
     params, best_step = task.restore_best()
     metadata = {
-        **{key: forecaster.metadata[key] for key in _INHERITED_METADATA if key in forecaster.metadata},
+        # The stage-1 provenance: trained context / output lengths bound inference, the corpus guards evaluations.
+        **ckpt_io.inherited_metadata(forecaster.metadata),
         "step": int(best_step),
         "stage": "adapt",
         "run_config": run_config.to_dict(),
@@ -109,10 +109,8 @@ def fit_forecaster(forecaster: Any, df: Any, *, horizon: int, input_len: int, op
 def save_forecaster(forecaster: Any, path: str | pathlib.Path) -> pathlib.Path:
     """Writes `forecaster` as a params-only step directory at `path` (must not exist) that
     `Forecaster.load(path)` and `launch/evaluate.py --checkpoint path` accept; returns the path."""
-    from factost_jax.checkpoint import save_inference_checkpoint
-
-    metadata = dict(forecaster.metadata)
+    metadata = {**forecaster.metadata, **ckpt_io.inherited_metadata(forecaster.metadata)}
     if forecaster.adapter_config is not None:
         metadata["adapter_config"] = forecaster.adapter_config.to_dict()
     metadata.setdefault("stage", "adapt" if forecaster.stage == 2 else "inference")
-    return save_inference_checkpoint(path, forecaster.config, forecaster.params, extra_metadata=metadata)
+    return ckpt_io.save_inference_checkpoint(path, forecaster.config, forecaster.params, extra_metadata=metadata)

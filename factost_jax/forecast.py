@@ -21,6 +21,12 @@ Compilation. Contexts are left-padded with NaN to a few bucket lengths and rows 
 batch buckets (see `model/rollout.py`), so a session compiles a bounded number of programs;
 `compile()` builds them up front.
 
+What was trained bounds what is asked. Contexts are cut to their last `max_context` steps: by
+default the context length the checkpoint was pretrained on (`pretrain_context_length` in its
+metadata, else the architecture's maximum); `Forecaster.load(..., max_context=N)` or
+`set_max_context(N)` allows more, with a warning (`inputs/context_limit.py`). Every forward pass
+asks for an output length pretraining drew (`round_output_patches`, `model/rollout.py`).
+
 Input checks live in `inputs/series.py` (arrays) and `inputs/timestamps.py` (pandas time axes);
 checkpoint names resolve through `checkpoint.resolve_checkpoint_path`.
 """
@@ -28,7 +34,6 @@ checkpoint names resolve through `checkpoint.resolve_checkpoint_path`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import pathlib
 import warnings
@@ -42,6 +47,7 @@ import tqdm
 
 from factost_jax import checkpoint as ckpt_io
 from factost_jax.checkpoint import resolve_checkpoint_path
+from factost_jax.inputs.context_limit import check_max_context, default_max_context
 from factost_jax.inputs.series import (check_horizon, check_levels, check_observed, positive_int, rows_per_call,
                                        series_matrix, standardise, to_float_series, trained_index)
 from factost_jax.inputs.timestamps import (calendar, calendar_steps_per_day, check_timestamps, future_timestamps,
@@ -90,6 +96,21 @@ def _adapter_config_dict(metadata: Mapping[str, Any]) -> Mapping[str, Any] | Non
         return run_config["adapter"]
     return None
 
+
+def trained_context(metadata: Mapping[str, Any]) -> int | None:
+    """The longest context (steps) a checkpoint was trained on; None when unrecorded.
+
+    The pretraining context length, or a stage-2 run's longer `input_len` (adapting with
+    `allow_longer_context` trains the whole model on it).
+    """
+    pretrained = ckpt_io.trained_context_length(metadata)
+    run_config = metadata.get("run_config")
+    data = run_config.get("data") if isinstance(run_config, Mapping) and metadata.get("stage") == "adapt" else None
+    adapted = data.get("input_len") if isinstance(data, Mapping) else None
+    if pretrained is None or not isinstance(adapted, int):
+        return pretrained
+    return max(pretrained, adapted)
+
 # --------------------------------------------------------------------------- the forecaster
 
 
@@ -101,11 +122,21 @@ class Forecaster:
         stage-2 model.
       config: the encoder's ModelConfig.
       adapter_config: the stage-2 AdapterConfig (required for a stage-2 tree, else None).
-      metadata: the checkpoint's JSON metadata (kept for provenance: pretraining corpus, step).
+      metadata: the checkpoint's JSON metadata (kept for provenance: pretraining corpus, step,
+        the trained context and output lengths).
+      max_context: the most steps of history a forecast uses (longer contexts are cut to their
+        last `max_context` steps). Default: the context length the checkpoint was trained on, or
+        the architecture's maximum `max_context_patches * patch_size` when unrecorded. Above the
+        trained length warns; above the architecture's maximum raises ValueError.
+      round_output_patches: ask every forward pass for the smallest output-patch count F that
+        pretraining drew (metadata `pretrain_output_patch_buckets`) covering the horizon, and drop
+        the extra steps (True), or for exactly ceil(H / patch_size) (False). No effect when the
+        checkpoint does not record them.
     """
 
     def __init__(self, params: Params, config: ModelConfig, adapter_config: Any = None,
-                 metadata: Mapping[str, Any] | None = None):
+                 metadata: Mapping[str, Any] | None = None, max_context: int | None = None,
+                 round_output_patches: bool = True):
         if not isinstance(config, ModelConfig):
             raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
         plain = unbox(params)
@@ -124,16 +155,22 @@ class Forecaster:
         self.adapter_config = adapter_config
         self.metadata = dict(metadata or {})
         self.path: pathlib.Path | None = None
+        self.round_output_patches = bool(round_output_patches)
+        self.max_context = default_max_context(self.trained_context, config.max_context_length)
+        if max_context is not None:
+            self.set_max_context(max_context, stacklevel=3)
         # On the device once, instead of a host-to-device copy of every weight on every call.
         self.params = jax.device_put(plain)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Forecaster:
+    def load(cls, path: str | os.PathLike, max_context: int | None = None,
+             round_output_patches: bool = True) -> Forecaster:
         """A workdir, its checkpoints dir, a step dir, or a shipped name like "factost-tiny".
 
         The latest finished step is used (past a truncated or corrupt one, with a warning naming
         it); the model (and adapter) config come from the checkpoint's own metadata.
+        `max_context` and `round_output_patches`: as in the constructor.
         """
         resolved = resolve_checkpoint_path(path)
         latest, _ = ckpt_io.find_checkpoint(resolved)
@@ -155,8 +192,11 @@ class Forecaster:
             from factost_jax.model.adapter import AdapterConfig
 
             adapter_config = AdapterConfig.from_dict(adapter_values)
-        forecaster = cls(params, config, adapter_config=adapter_config, metadata=metadata)
+        forecaster = cls(params, config, adapter_config=adapter_config, metadata=metadata,
+                         round_output_patches=round_output_patches)
         forecaster.path = step_dir
+        if max_context is not None:
+            forecaster.set_max_context(max_context, stacklevel=3)
         return forecaster
 
     # Adapting to a user's network (factost_jax/fit.py) and saving the result as a checkpoint.
@@ -220,11 +260,31 @@ class Forecaster:
         """[Q] the trained quantile levels."""
         return np.asarray(self.config.quantile_levels, np.float64)
 
+    @property
+    def trained_context(self) -> int | None:
+        """The longest context (steps) the checkpoint was trained on; None when its metadata does not say."""
+        return trained_context(self.metadata)
+
+    @property
+    def output_patch_choices(self) -> tuple[int, ...] | None:
+        """The output-patch counts forward passes are rounded up to; None: exactly what the horizon needs."""
+        return ckpt_io.trained_output_patches(self.metadata) if self.round_output_patches else None
+
+    def set_max_context(self, max_context: int, stacklevel: int = 2) -> Forecaster:
+        """Use up to `max_context` steps of history from now on; returns self.
+
+        Warns when longer than the trained context (`trained_context`); raises ValueError past the
+        architecture's maximum (`config.max_context_length`).
+        """
+        self.max_context = check_max_context(max_context, self.trained_context, self.config.max_context_length,
+                                             stacklevel=stacklevel + 1)
+        return self
+
     def __repr__(self) -> str:
         where = f", path={str(self.path)!r}" if self.path else ""
         cfg = self.config
         return (f"Forecaster(stage={self.stage}, d_model={cfg.d_model}, layers={cfg.num_layers}, "
-                f"max_context={cfg.max_context_length}, max_horizon={cfg.max_horizon}{where})")
+                f"max_context={self.max_context}, max_horizon={cfg.max_horizon}{where})")
 
     # ------------------------------------------------------------------ compilation
     def program_shapes(self, max_context: int, max_horizon: int, batch_size: int) -> list[tuple[int, int, int]]:
@@ -232,19 +292,22 @@ class Forecaster:
         `batch_size` series, contexts up to `max_context` and horizons up to `max_horizon`."""
         cfg = self.config
         buckets = rollout.default_context_buckets(cfg)
-        cap = min(cfg.max_context_length, buckets[-1])
+        cap = min(self.max_context, buckets[-1])
 
         def bucket_of(length: int) -> int:
             return next(b for b in buckets if b >= min(length, cap))
 
-        def patches_for(steps: int) -> int:
-            return min(math.ceil(steps / cfg.patch_size), cfg.max_output_patches)
+        def patch_counts(steps: int) -> set[int]:
+            """Every F a pass asks for when it needs 1..`steps` more steps."""
+            needed = rollout.output_patches(steps, cfg)
+            return {rollout.output_patches(f * cfg.patch_size, cfg, self.output_patch_choices)
+                    for f in range(1, needed + 1)}
 
         max_batch = rows_per_call(batch_size)
         shapes = set()
         first_rows = rollout._batch_bucket(batch_size, max_batch)
         for bucket in buckets[: buckets.index(bucket_of(max_context)) + 1]:
-            for patches in range(1, patches_for(max_horizon) + 1):
+            for patches in patch_counts(max_horizon):
                 shapes.add((first_rows, bucket, patches))
         if max_horizon > cfg.max_horizon:
             path_rows = batch_size * len(cfg.rollout_quantile_levels)
@@ -253,7 +316,7 @@ class Forecaster:
                 row_sizes.add(rollout._batch_bucket(path_rows % max_batch, max_batch))
             longest = bucket_of(max_context + max_horizon - 1)
             for bucket in buckets[: buckets.index(longest) + 1]:
-                for patches in range(1, patches_for(max_horizon - cfg.max_horizon) + 1):
+                for patches in patch_counts(max_horizon - cfg.max_horizon):
                     shapes.update((rows, bucket, patches) for rows in row_sizes)
         return sorted(shapes)
 
@@ -263,11 +326,12 @@ class Forecaster:
 
         Later calls with `batch_size` series (or a multiple), contexts up to `max_context` and
         horizons up to `max_horizon` compile nothing; a smaller final batch compiles its
-        power-of-two row bucket once. Defaults: the model's maximum context and one-pass horizon.
+        power-of-two row bucket once. Defaults: this forecaster's `max_context` (contexts are cut
+        to it anyway) and the model's one-pass horizon.
         """
         if self.stage != 1:
             raise ValueError("compile() warms the stage-1 programs; a stage-2 model compiles on its first forecast_network")
-        max_context = self.config.max_context_length if max_context is None else positive_int(max_context, "max_context")
+        max_context = self.max_context if max_context is None else positive_int(max_context, "max_context")
         max_horizon = self.config.max_horizon if max_horizon is None else positive_int(max_horizon, "max_horizon")
         batch_size = positive_int(batch_size, "batch_size")
         forward = jitted_apply(self.config)
@@ -306,7 +370,8 @@ class Forecaster:
             for start in range(0, rows, batch_size):
                 chunk = standardised[start:start + batch_size]
                 outputs.append(rollout.forecast_quantiles(self.params, self.config, chunk, horizon,
-                                                          max_batch_size=max_batch))
+                                                          max_batch_size=max_batch, max_context=self.max_context,
+                                                          trained_patches=self.output_patch_choices))
                 bar.update(chunk.shape[0])
         normalised = np.concatenate(outputs, axis=0).astype(np.float64)
         restored = normalised * scale[:, :, None] + loc[:, :, None]
@@ -319,8 +384,8 @@ class Forecaster:
 
         Args:
           inputs: [B, T] array, or a list of B 1-D arrays of any lengths (left-padded with NaN);
-            NaN (or inf) marks a missing value. Only the last `config.max_context_length` steps
-            are used.
+            NaN (or inf) marks a missing value. Only the last `max_context` steps are used (see
+            the constructor: by default the context length the checkpoint was trained on).
           horizon: H >= 1 steps; longer than `config.max_horizon` rolls out (spec §2.6).
           quantiles: levels in (0, 1) (returned sorted, duplicates dropped); levels the model
             was not trained on are interpolated, with a warning.
@@ -338,7 +403,7 @@ class Forecaster:
         horizon = check_horizon(horizon)
         levels = check_levels(quantiles)
         batch_size = positive_int(batch_size, "batch_size")
-        matrix = series_matrix(inputs, self.config.max_context_length)
+        matrix = series_matrix(inputs, self.max_context)
         if not allow_unobserved:
             check_observed(matrix)
         trained = self._forecast_rows(matrix, horizon, batch_size, progress)
@@ -395,7 +460,7 @@ class Forecaster:
             ids.append(series_id)
             series.append(regular_grid(values, stamps, step))
             futures.append(future_timestamps(stamps[-1], freq, horizon))
-        matrix = series_matrix(series, self.config.max_context_length)
+        matrix = series_matrix(series, self.max_context)
         check_observed(matrix, names=ids)
         result = self.forecast(list(matrix), horizon, quantiles=levels, batch_size=batch_size, progress=progress)
         frame = pd.DataFrame({
@@ -437,7 +502,7 @@ class Forecaster:
         if values.shape[2] != expected_nodes:
             raise ValueError(f"values have {values.shape[2]} nodes but the stage-2 checkpoint was adapted to "
                              f"{expected_nodes} nodes")
-        keep = self.config.max_context_length
+        keep = self.max_context
         values = values[:, -keep:]
         context, future = {}, {}
         for name, cycle in self.adapter_config.calendar_features:

@@ -3,7 +3,8 @@
 A pretrained directory (and a Hub model repository) holds three files:
 
     config.json        the checkpoint's JSON metadata: model_config (+ adapter_config for stage 2),
-                       corpus, step, params_dtype, the training run config; plus "library"
+                       corpus, pretrain_context_length / pretrain_output_patch_buckets (what the
+                       encoder was trained on), step, params_dtype, the training run config; plus "library"
     model.safetensors  the parameters, one tensor per leaf named by its tree path ("stack/attn/q/kernel")
     README.md          a generated model card (sizes, corpus, metrics, license)
 
@@ -73,6 +74,7 @@ def hub_config(forecaster: Forecaster, dtype: str) -> dict[str, Any]:
     from factost_jax import __version__
 
     config = {k: v for k, v in forecaster.metadata.items() if k not in ("model_config", "adapter_config")}
+    config.update(ckpt_io.inherited_metadata(forecaster.metadata))  # pretrain_* readable without the run config
     config.update(library=LIBRARY, library_version=__version__, model_config=forecaster.config.to_dict(),
                   params_dtype=dtype)
     if forecaster.adapter_config is not None:

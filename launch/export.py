@@ -2,7 +2,8 @@
 
     python launch/export.py --checkpoint runs/tiny --output factost_jax/pretrained/factost-tiny --dtype bfloat16
 
-The metadata keeps the model config, the run config, the source step and the list of datasets the
+The metadata keeps the model config, the run config, the source step, the pretraining context length
+and output-patch counts (`pretrain_*`, which bound inference) and the list of datasets the
 pretraining corpus really held (so `launch/evaluate.py` can refuse a zero-shot evaluation on data the
 model has seen). The result loads with `Forecaster.load(OUTPUT)` and works as `--checkpoint` for
 `launch/evaluate.py` and as `init_from` for `launch/adapt.py`.
@@ -40,8 +41,10 @@ def export(checkpoint: str, output: str, dtype: str, data_dir: str | None) -> st
     metadata = ckpt.read_metadata(step_dir)
     model_config, params = ckpt.load_inference_params(step_dir)
     run_config = metadata.get("run_config") or {}
-    extra = {"stage": metadata.get("stage", "pretrain"), "step": step, "source": str(step_dir),
-             "run_config": run_config}
+    # pretrain_context_length / _output_patch_buckets / ...: what the encoder was trained on, readable
+    # without the run config (the Forecaster and stage 2 stay within it).
+    extra = {**ckpt.inherited_metadata(metadata), "stage": metadata.get("stage", "pretrain"), "step": step,
+             "source": str(step_dir), "run_config": run_config}
     if "data" in run_config:
         extra["corpus"] = corpus_datasets(run_config, data_dir)
     path = ckpt.save_inference_checkpoint(output, model_config, params, extra_metadata=extra, dtype=dtype)

@@ -27,7 +27,8 @@ def stage1_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("stage1") / "debug"
     config = model_config("debug")
     params = host_random_params(unbox(abstract_params(config)), 7, std=0.1)
-    ckpt_io.save_inference_checkpoint(path, config, params, {"stage": "pretrain"})
+    ckpt_io.save_inference_checkpoint(path, config, params, {"stage": "pretrain", "run_config": {"data": {
+        "context_length": 128, "output_patch_buckets": [1, 2, 4]}}})
     return path
 
 
@@ -72,6 +73,7 @@ def test_fit_forecast_save_load_and_evaluate(stage1_ckpt, network_csv, tmp_path,
     saved = adapted.save(tmp_path / "saved")
     again = Forecaster.load(saved)
     assert again.stage == 2 and again.metadata["node_ids"] == adapted.metadata["node_ids"]
+    assert again.metadata["pretrain_context_length"] == adapted.metadata["pretrain_context_length"] == 128
     np.testing.assert_allclose(again.forecast_df(df, horizon=4, quantiles=(0.1, 0.5, 0.9))["median"],
                                in_order["median"], rtol=1e-6)
 

@@ -428,6 +428,7 @@ def test_evaluate_cli_checkpoint_end_to_end(repo_root, data_dir, workdir, tmp_pa
     proc = subprocess.run(
         [sys.executable, "launch/evaluate.py", "--checkpoint", str(workdir), "--dataset", "ILLNESS", "--input_len", "32",
          "--horizon", "12", "--split", "val", "--allow_overlap", "--with_baselines", "--baselines", "naive", "--plot", str(tmp_path / "plots"),
+         "--max_context", "16",
          "--output", str(output), "--data_dir", str(data_dir)],
         cwd=repo_root, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -442,6 +443,8 @@ def test_evaluate_cli_checkpoint_end_to_end(repo_root, data_dir, workdir, tmp_pa
     assert list(result)[:7] == ["dataset", "model", "input_len", "horizon", "split", "channel", "num_windows"]
     assert result["window_stride"] == 1
     assert result["model"] == label and result["num_windows"] == 85
+    # --max_context 16 of the 32 input steps: recorded, and said on stderr
+    assert result["max_context"] == 16 and "note: the checkpoint sees the last 16 of the 32 input steps" in proc.stderr
     assert [r["model"] for r in result["results"]] == [label, "last_value", "seasonal_naive_day",
                                                         "seasonal_naive_week", "historical_average"]
     assert result["results"][0]["metrics"] == result["metrics"] and result["skipped"] == []

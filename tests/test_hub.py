@@ -38,6 +38,7 @@ def test_save_pretrained_round_trips_bitwise(shipped, tmp_path):
     loaded = Forecaster.from_pretrained(directory)
     assert_same_params(shipped, loaded)
     assert loaded.config == shipped.config and loaded.metadata["corpus"] == shipped.metadata["corpus"]
+    assert loaded.metadata["pretrain_context_length"] == 512 and loaded.max_context == shipped.max_context == 512
     np.testing.assert_array_equal(loaded.forecast(SERIES, 24).quantiles, shipped.forecast(SERIES, 24).quantiles)
     # Random float32 weights (not bf16-representable) round-trip bitwise when stored as float32.
     params = host_random_params(unbox(abstract_params(CONFIG)), seed=3, std=0.3)

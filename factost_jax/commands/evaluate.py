@@ -4,14 +4,17 @@
       [--split test] [--output result.json] [--data_dir DIR] [--batch_size 256] [--channel 0]
   python launch/evaluate.py --checkpoint runs/tiny --dataset ETTh2 --input_len 96 --horizon 96 \
       [--with_baselines] [--baselines naive|statistical|all|NAME,...] [--window_stride 1] [--allow_overlap]
-      [--plot plots/]
+      [--max_context N] [--plot plots/]
   python launch/evaluate.py --dataset ETTh2 --model autoets --input_len 96 --horizon 96 --window_stride 16
 
 Prints the per-horizon table (rows avg, step_3, step_6, step_12; columns MAE, RMSE, MAPE, and QL,
 coverage_80 for a checkpoint; MAPE is a fraction) and writes the result as JSON when --output is
 given. --checkpoint takes a workdir, its checkpoints/ dir, a step dir or a shipped name, and evaluates
 the latest checkpoint (zero-shot for stage 1, channel-independently); a dataset the checkpoint was
-pretrained on is refused unless --allow_overlap. --with_baselines adds every baseline and prints one
+pretrained on is refused unless --allow_overlap. The checkpoint sees at most the last max_context
+steps of each window: by default the context length it was pretrained on (a note on stderr says
+when --input_len is longer); --max_context N allows more, with a warning, up to the architecture's
+maximum. --with_baselines adds every baseline and prints one
 comparison table (a row per model); the JSON keeps the main result's keys and gains "results" (every
 evaluated model, the main one first) and "skipped" ({"model", "error"} of baselines that cannot run
 on these windows); --baselines narrows that set to a comma list of names or the groups naive (the
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 
 from absl import app, flags, logging
 
@@ -59,6 +63,8 @@ flags.DEFINE_string("baselines", "all", "With --with_baselines: comma list of ba
 flags.DEFINE_integer("window_stride", 1, "Score every S-th window of the split (same windows for every model).",
                      lower_bound=1)
 flags.DEFINE_bool("allow_overlap", False, "Evaluate a checkpoint even on data its pretraining corpus contained.")
+flags.DEFINE_integer("max_context", None, "Steps of each window a checkpoint sees (default: the context length it "
+                     "was pretrained on; longer warns).", lower_bound=1)
 flags.DEFINE_string("plot", None, "Write PNG plots of a few windows (sensors, median, quantile bands) into this dir.")
 flags.DEFINE_multi_string("data_option", [], "For --dataset=PATH (a .csv / .parquet / .npz of your own): KEY=VALUE, "
                           "KEY one of id_column, timestamp_column, target, nodes, adjacency, freq, split_ratios "
@@ -94,21 +100,34 @@ def _baseline_results(names: list[str], skip: str | None) -> list[dict]:
     return results
 
 
+def _note_cut_context(result: dict, requested: int | None) -> None:
+    """One stderr line when the checkpoint saw less history than --input_len gave it."""
+    seen = result.get("max_context")
+    if seen is not None and seen < result["input_len"]:
+        why = "--max_context" if requested else "the context length it was pretrained on; --max_context allows more"
+        print(f"note: the checkpoint sees the last {seen} of the {result['input_len']} input steps ({why})",
+              file=sys.stderr)
+
+
 def main(argv: list[str]) -> None:
     reject_positional(argv)
     logging.set_verbosity(logging.ERROR)  # Orbax logs every restore at INFO/WARNING; errors stay one line
+    if FLAGS.max_context is not None and FLAGS.checkpoint is None:
+        fail("--max_context applies to --checkpoint (a baseline uses the --input_len steps it is given)")
     try:
         compared_names = baselines.baseline_names(FLAGS.baselines)  # a typo fails before any evaluation
         result = run_evaluation(FLAGS.dataset, FLAGS.model, FLAGS.input_len, FLAGS.horizon,
                                 batch_size=FLAGS.batch_size, checkpoint=FLAGS.checkpoint,
                                 allow_overlap=FLAGS.allow_overlap, window_stride=FLAGS.window_stride,
-                                **_common_kwargs())
+                                max_context=FLAGS.max_context, **_common_kwargs())
+        _note_cut_context(result, FLAGS.max_context)
         compared = _baseline_results(compared_names, FLAGS.model) if FLAGS.with_baselines else None
         plot_paths = []
         if FLAGS.plot:
             plot_paths = plot_evaluation_windows(FLAGS.dataset, FLAGS.model, FLAGS.input_len, FLAGS.horizon,
                                                  FLAGS.plot, checkpoint=FLAGS.checkpoint,
-                                                 allow_overlap=FLAGS.allow_overlap, **_common_kwargs())
+                                                 allow_overlap=FLAGS.allow_overlap, max_context=FLAGS.max_context,
+                                                 **_common_kwargs())
     except (ValueError, FileNotFoundError) as error:
         fail(str(error))
     print(format_table(result))

@@ -10,7 +10,8 @@ median is the point forecast and whose trained quantiles give QL and coverage. A
 forecasts whole windows `[B, L, N]` with its adapter and the windows' calendar.
 
 Zero-shot honesty: a checkpoint whose metadata shows that its pretraining corpus held the evaluated
-dataset (or a recording of the same sensors, `SAME_SOURCE`) is refused unless `allow_overlap`.
+dataset (or a recording of the same sensors, `SAME_SOURCE`; see `data/leakage.py`, which stage 2
+asks too) is refused unless `allow_overlap`.
 """
 
 from __future__ import annotations
@@ -20,83 +21,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from factost_jax.data.leakage import SAME_SOURCE, describe_overlap, pretraining_corpus, pretraining_overlap
 from factost_jax.data.types import STDataset
 from factost_jax.data.windows import WindowBatch, split_target_starts, window_indices
 from factost_jax.eval import baselines
 from factost_jax.model.quantiles import point_and_quantiles
 from factost_jax.scoring import ForecastOutput, evaluate, forecast_windows, json_safe, metric_scale_series
 
-__all__ = ["WindowBatch", "checkpoint_predictor", "evaluate", "format_comparison", "format_table", "json_safe",
-           "metric_scale_series", "plot_evaluation_windows", "prepare_evaluation", "pretraining_corpus",
+__all__ = ["SAME_SOURCE", "WindowBatch", "checkpoint_predictor", "evaluate", "format_comparison", "format_table",
+           "json_safe", "metric_scale_series", "plot_evaluation_windows", "prepare_evaluation", "pretraining_corpus",
            "pretraining_overlap", "run_evaluation", "sample_window_forecasts"]
 
-# Datasets recorded by the same sensors: pretraining on one leaks into zero-shot results on the other.
-SAME_SOURCE: tuple[tuple[str, ...], ...] = (
-    ("ETTh1", "ETTm1"), ("ETTh2", "ETTm2"), ("LOS-LOOP", "METR-LA"), ("HZMETRO", "HZMETRO:out"))
 CHECKPOINT_ROWS_PER_CALL = 1024  # series per model call when evaluating a checkpoint
 COMPARISON_COLUMNS = ("MAE", "RMSE", "MAPE", "QL", "coverage_80")
-
-
-def _canonical_or_none(name: str) -> str | None:
-    from factost_jax.data.formats import canonical_name
-
-    try:
-        return canonical_name(name)
-    except ValueError:
-        return None
-
-
-def _same_source(name: str) -> set[str]:
-    group = {name}
-    for twins in SAME_SOURCE:
-        if name in twins:
-            group.update(twins)
-    return group
-
-
-def pretraining_corpus(metadata: dict[str, Any]) -> set[str] | None:
-    """Canonical names of the real datasets a checkpoint was pretrained on, or None when unrecorded.
-
-    Read from metadata["corpus"] (a list of dataset names, e.g. of a shipped checkpoint) or else from
-    the run config the training loop stores (metadata["run_config"]["data"]: "corpora" and
-    "exclude"). The "real" component counts as every known dataset outside the exclusion list: the
-    datasets present on the training machine are not recorded, so this errs on the side of refusing.
-    """
-    from factost_jax.data.formats import DATASET_INFO
-
-    if isinstance(metadata.get("corpus"), list | tuple):
-        names = (entry[0] if isinstance(entry, list | tuple) and entry else entry for entry in metadata["corpus"])
-        return {canonical for name in names if isinstance(name, str) and (canonical := _canonical_or_none(name))}
-    data = (metadata.get("run_config") or {}).get("data") if isinstance(metadata.get("run_config"), dict) else None
-    if not isinstance(data, dict) or "corpora" not in data:
-        return None
-    components = [entry[0] if isinstance(entry, list | tuple) else entry for entry in data["corpora"]]
-    named = {canonical for name in components
-             if isinstance(name, str) and name.lower() not in ("kernelsynth", "real")
-             and (canonical := _canonical_or_none(name))}
-    corpus = set(named)
-    if any(isinstance(name, str) and name.lower() == "real" for name in components):
-        excluded = {canonical for name in data.get("exclude") or () if (canonical := _canonical_or_none(str(name)))}
-        for name in DATASET_INFO:
-            if name == "SYNTHETIC" or name in named:
-                continue
-            if name not in excluded and name.split(":", 1)[0] not in excluded:
-                corpus.add(name)
-    return corpus
-
-
-def pretraining_overlap(metadata: dict[str, Any], dataset_name: str) -> list[str]:
-    """Datasets of the checkpoint's pretraining corpus recorded by the same sensors as `dataset_name`.
-
-    Empty when there is no overlap or when the metadata does not record the corpus.
-    """
-    from factost_jax.data.formats import canonical_name
-    from factost_jax.data.user_files import is_file_source
-
-    corpus = pretraining_corpus(metadata)
-    if not corpus or is_file_source(dataset_name):  # corpora list registered datasets only
-        return []
-    return sorted(corpus & _same_source(canonical_name(dataset_name)))
 
 
 def _last_observed_context(history: np.ndarray, start: int, input_len: int, max_context: int) -> np.ndarray:
@@ -122,9 +59,11 @@ def checkpoint_predictor(forecaster: Any, dataset: STDataset,
     them instead (as the baselines fall back to earlier observations); with nothing observed
     before the window it is forecast from no information.
     Stage 2: whole windows through the adapter with the windows' calendar.
+    Either way the model sees at most the forecaster's `max_context` steps of each window (the
+    returned function's `max_context` attribute).
     """
     levels = forecaster.quantile_levels
-    max_context = forecaster.config.max_context_length
+    max_context = forecaster.max_context
 
     def predict_stage2(batch: WindowBatch) -> ForecastOutput:
         quantiles = forecaster.network_quantiles(
@@ -153,11 +92,14 @@ def checkpoint_predictor(forecaster: Any, dataset: STDataset,
         quantiles = quantiles.reshape(windows, nodes, batch.horizon, -1)
         return median.transpose(0, 2, 1), quantiles.transpose(0, 2, 1, 3), out.quantile_levels
 
-    return predict_stage1 if forecaster.stage == 1 else predict_stage2
+    predict = predict_stage1 if forecaster.stage == 1 else predict_stage2
+    predict.max_context = max_context
+    return predict
 
 
 def prepare_evaluation(dataset_name: str, model_name: str | None, data_dir: str | None = None,
-                       checkpoint: str | None = None, allow_overlap: bool = False, file_options: Any = None
+                       checkpoint: str | None = None, allow_overlap: bool = False, file_options: Any = None,
+                       max_context: int | None = None
                        ) -> tuple[STDataset, str, Callable[[WindowBatch], ForecastOutput]]:
     """(dataset, model label, predict_fn) for a baseline name or a checkpoint path (exactly one).
 
@@ -166,6 +108,8 @@ def prepare_evaluation(dataset_name: str, model_name: str | None, data_dir: str 
     `allow_overlap`), FileNotFoundError for missing files. A user file (`dataset_name` ending in .csv /
     .parquet / .npz) is read with `file_options` (a mapping of `user_files.FileSourceOptions` fields);
     for a checkpoint adapted on that same file, the options its run recorded fill in the ones not given.
+    `max_context`: the checkpoint sees at most this many steps of each window (default: the context
+    length it was trained on; more warns, see `Forecaster.set_max_context`).
     """
     if (model_name is None) == (checkpoint is None):
         raise ValueError("give exactly one of a baseline model name and a checkpoint")
@@ -178,13 +122,12 @@ def prepare_evaluation(dataset_name: str, model_name: str | None, data_dir: str 
         return dataset, model_name, baselines.make_baseline(model_name, dataset)
     from factost_jax.forecast import Forecaster
 
-    forecaster = Forecaster.load(checkpoint)
+    forecaster = Forecaster.load(checkpoint, max_context=max_context)
     overlap = pretraining_overlap(forecaster.metadata, dataset_name)
     if overlap and not allow_overlap:
-        target = canonical_name(dataset_name)
-        found = ", ".join(name if name == target else f"{name} (the same sensors as {target})" for name in overlap)
-        raise ValueError(f"checkpoint {forecaster.path}: its pretraining corpus contains {found}, so a zero-shot "
-                         f"result on {target} would be leaked; evaluate another dataset or pass --allow_overlap")
+        raise ValueError(f"checkpoint {forecaster.path}: its pretraining corpus contains "
+                         f"{describe_overlap(overlap, dataset_name)}, so a zero-shot result on "
+                         f"{canonical_name(dataset_name)} would be leaked; evaluate another dataset or pass --allow_overlap")
     from factost_jax.data.user_files import recorded_file_options
 
     options = {**recorded_file_options(forecaster.metadata, dataset_name), **dict(file_options or {})}
@@ -195,21 +138,25 @@ def prepare_evaluation(dataset_name: str, model_name: str | None, data_dir: str 
 def run_evaluation(dataset_name: str, model_name: str | None, input_len: int, horizon: int, split: str = "test",
                    data_dir: str | None = None, batch_size: int = 256, channel: int = 0,
                    checkpoint: str | None = None, progress: bool = True, allow_overlap: bool = False,
-                   window_stride: int = 1, file_options: Any = None) -> dict[str, Any]:
+                   window_stride: int = 1, file_options: Any = None, max_context: int | None = None
+                   ) -> dict[str, Any]:
     """Loads `dataset_name`, builds baseline `model_name` or loads `checkpoint`, and evaluates it.
 
     Returns `evaluate`'s dict with "model" added after "dataset" (the baseline name, or
-    "factost:<step dir>" for a checkpoint), and "fit_report" for a forecaster that keeps a `report`
-    (the statistical baselines: season length, fallbacks). Raises ValueError / FileNotFoundError for
+    "factost:<step dir>" for a checkpoint), "max_context" for a checkpoint (the most steps of each
+    window it saw), and "fit_report" for a forecaster that keeps a `report` (the statistical
+    baselines: season length, fallbacks). Raises ValueError / FileNotFoundError for
     user errors (unknown dataset or model, impossible lengths, missing files, a leaked zero-shot
     evaluation, a missing optional package).
     """
     dataset, label, predict_fn = prepare_evaluation(dataset_name, model_name, data_dir, checkpoint, allow_overlap,
-                                                    file_options)
+                                                    file_options, max_context)
     result = evaluate(dataset, predict_fn, input_len, horizon, split=split, batch_size=batch_size,
                       channel=channel, progress=progress, window_stride=window_stride)
     report = getattr(predict_fn, "report", None)
+    seen = getattr(predict_fn, "max_context", None)
     return {"dataset": result.pop("dataset"), "model": label, **result,
+            **({"max_context": seen} if seen is not None else {}),
             **({"fit_report": dict(report)} if report is not None else {})}
 
 
@@ -252,7 +199,8 @@ def _plot_levels(quantiles: np.ndarray | None, levels: np.ndarray | None
 def plot_evaluation_windows(dataset_name: str, model_name: str | None, input_len: int, horizon: int, out_dir: str,
                             split: str = "test", data_dir: str | None = None, channel: int = 0,
                             checkpoint: str | None = None, allow_overlap: bool = False, num_windows: int = 2,
-                            max_nodes: int = 6, file_options: Any = None) -> list[Any]:
+                            max_nodes: int = 6, file_options: Any = None, max_context: int | None = None
+                            ) -> list[Any]:
     """Writes one PNG per sampled window (up to `max_nodes` sensors each, quantile bands when the
     model gives them) into `out_dir`; returns the paths."""
     import pathlib
@@ -260,7 +208,7 @@ def plot_evaluation_windows(dataset_name: str, model_name: str | None, input_len
     from factost_jax import plots
 
     dataset, label, predict_fn = prepare_evaluation(dataset_name, model_name, data_dir, checkpoint, allow_overlap,
-                                                    file_options)
+                                                    file_options, max_context)
     windows = sample_window_forecasts(dataset, predict_fn, input_len, horizon, split, channel, num_windows)
     nodes = list(range(min(dataset.num_nodes, max_nodes)))
     for window in windows:  # two bands (10-90 %, 30-70 %) read better than the eleven trained levels

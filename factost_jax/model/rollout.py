@@ -14,6 +14,12 @@ nothing but the program shape. Rows are processed in chunks of `max_batch_size` 
 chunk is padded with all-NaN rows to the next power of two (at least 8, a multiple of the usual
 device counts), so programs are bounded by buckets x log2(max_batch_size) x output-patch counts.
 
+Output lengths: a pass that needs F = ceil(steps / patch) output patches may instead ask for the
+smallest F the checkpoint was pretrained on that covers them (`output_patches`, `trained_patches`),
+and the extra steps are dropped: the model is only trusted on output lengths it has seen (a 96-step
+horizon is F = 6; pretraining drew F from {1, 2, 4, 8, 16}). Measured both ways in
+`benchmarks/output_patches.py` (docs/results.md).
+
 Output quantiles are sorted along Q here (the raw head output is not guaranteed monotone).
 """
 
@@ -129,6 +135,17 @@ def default_context_buckets(config: ModelConfig) -> tuple[int, ...]:
     return tuple(buckets)
 
 
+def output_patches(steps: int, config: ModelConfig, trained_patches: Sequence[int] | None = None) -> int:
+    """Output patches F of one forward pass that predicts (at least) `steps` more steps.
+
+    F = ceil(steps / patch_size), at most `max_output_patches`; with `trained_patches` (the F values
+    pretraining drew), rounded up to the smallest trained F >= it (unchanged past the largest).
+    """
+    needed = min(math.ceil(steps / config.patch_size), config.max_output_patches)
+    covering = [int(f) for f in trained_patches or () if needed <= int(f) <= config.max_output_patches]
+    return min(covering) if covering else needed
+
+
 def _validate_buckets(buckets: Sequence[int], config: ModelConfig) -> tuple[int, ...]:
     buckets = tuple(int(b) for b in buckets)
     if not buckets or any(b <= 0 or b % config.patch_size for b in buckets):
@@ -167,10 +184,12 @@ def _predict_bucketed(
     num_output_patches: int,
     buckets: tuple[int, ...],
     max_batch_size: int,
+    max_context: int,
 ) -> np.ndarray:
-    """Raw encoder quantiles [B, F*patch, Q] for context [B, L] (NaN = missing), shapes bucketed."""
+    """Raw encoder quantiles [B, F*patch, Q] for context [B, L] (NaN = missing; its last `max_context`
+    steps are used), shapes bucketed."""
     forward = jitted_apply(config)
-    context = fit_to_bucket(context, buckets, config.max_context_length)
+    context = fit_to_bucket(context, buckets, max_context)
     outputs = []
     for start in range(0, context.shape[0], max_batch_size):
         chunk = context[start : start + max_batch_size]
@@ -191,6 +210,8 @@ def forecast_quantiles(
     horizon: int,
     context_buckets: Sequence[int] | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    max_context: int | None = None,
+    trained_patches: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Quantile forecasts at the trained levels for any horizon, sorted along Q.
 
@@ -203,6 +224,10 @@ def forecast_quantiles(
         largest also caps the context length. Default `default_context_buckets(config)`.
       max_batch_size: rows per forward pass, a power of two (rollout multiplies rows by the
         number of path levels).
+      max_context: the most steps any forward pass sees, the rollout's extended contexts included
+        (default: the model's maximum); e.g. the context length the checkpoint was pretrained on.
+      trained_patches: output-patch counts every pass is rounded up to (`output_patches`); None
+        asks for exactly ceil(steps / patch_size).
     Returns:
       [B, H, Q] float32 numpy array in the input's units, non-decreasing along Q.
     """
@@ -220,21 +245,22 @@ def forecast_quantiles(
     levels = config.quantile_levels
     path_levels = config.rollout_quantile_levels
     sample_weights = np.outer(trapezoid_masses(path_levels), trapezoid_masses(levels)).reshape(-1)
-    context = np.where(np.isfinite(context), context, np.nan)[:, -min(config.max_context_length, buckets[-1]) :]
+    keep = min(config.max_context_length, buckets[-1], max_context or config.max_context_length)
+    context = np.where(np.isfinite(context), context, np.nan)[:, -keep:]
     batch, num_paths = context.shape[0], len(path_levels)
 
     def patches_for(steps: int) -> int:
-        return min(math.ceil(steps / config.patch_size), config.max_output_patches)
+        return output_patches(steps, config, trained_patches)
 
     forecast = np.sort(
-        _predict_bucketed(params, config, context, patches_for(horizon), buckets, max_batch_size), axis=-1
+        _predict_bucketed(params, config, context, patches_for(horizon), buckets, max_batch_size, keep), axis=-1
     )
     while forecast.shape[1] < horizon:
         num_patches = patches_for(horizon - forecast.shape[1])
         paths = np.moveaxis(interpolate_quantiles(forecast, levels, path_levels), -1, 1)  # [B, paths, h]
         repeated = np.broadcast_to(context[:, None, :], (batch, num_paths, context.shape[1]))
         extended = np.concatenate([repeated, paths], axis=-1).reshape(batch * num_paths, -1)
-        predicted = _predict_bucketed(params, config, extended, num_patches, buckets, max_batch_size)
+        predicted = _predict_bucketed(params, config, extended, num_patches, buckets, max_batch_size, keep)
         steps = predicted.shape[1]
         samples = predicted.reshape(batch, num_paths, steps, len(levels)).transpose(0, 2, 1, 3)
         samples = samples.reshape(batch, steps, num_paths * len(levels))

@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from factost_jax import checkpoint as ckpt_io
 from factost_jax.data.types import STDataset
-from factost_jax.train.adapt_config import AdaptRunConfig
+from factost_jax.train.adapt_config import AdaptRunConfig, read_init_metadata
 from factost_jax.train.adapt_init import fill_boxed, load_init_params
 from factost_jax.train.stage2_task import Stage2Task, model_calendar
 
@@ -49,6 +50,8 @@ class AdaptTask(Stage2Task):
         self._median = int(np.argmin(np.abs(self._levels - 0.5)))
         abstract = jax.eval_shape(self._fresh_params, jax.random.key(0))
         self.init_kind, self._init_values = load_init_params(config.init_from, abstract, self.dataset.num_nodes)
+        # The backbone's pretraining (context length, output lengths, corpus) travels with every checkpoint.
+        self._provenance = ckpt_io.inherited_metadata(read_init_metadata(config.init_from)[1])
 
     def model_config_dict(self) -> dict[str, Any]:
         """The backbone's ModelConfig (the adapter's config is in the run config of the same metadata)."""
@@ -62,6 +65,10 @@ class AdaptTask(Stage2Task):
         context = {name: np.zeros((1, data.input_len), np.int32) for name in names}
         future = {name: np.zeros((1, data.horizon), np.int32) for name in names}
         return self.model.init({"params": rng}, values, context, future, data.horizon, True)["params"]
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """The init checkpoint's stage-1 provenance (`checkpoint.inherited_metadata`)."""
+        return dict(self._provenance)
 
     def initial_values(self) -> Any:
         """The `init_from` weights (host float32): stage-1 keys, or every key of a stage-2 checkpoint."""

@@ -122,6 +122,7 @@ def train_and_evaluate(task: Task, config: Any, workdir: str | pathlib.Path) -> 
             # TensorBoard drops what a crashed attempt logged past the checkpoint (all of it on a fresh start).
             writer = MetricWriter(workdir, enabled=is_main, purge_step=start_step + 1 if resumed else 0)
             metadata = {
+                **task.checkpoint_metadata(),  # first: the loop's own keys below always win
                 "stage": task.name,
                 "model_config": task.model_config_dict(),
                 "run_config": run_config,

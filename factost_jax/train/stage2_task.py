@@ -91,6 +91,10 @@ class Stage2Task:
     def initial_values(self) -> Any:
         return None
 
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """Extra metadata of every checkpoint and of `best/` (AdaptTask: its stage-1 provenance)."""
+        return {}
+
     # ---- stage-2 hooks of the loop
     def evaluate_params(self, params: Any, step: int) -> dict[str, Any]:
         """Validation split (or its tail); keeps the best parameters under `workdir/best/<step>`."""
@@ -189,7 +193,7 @@ class Stage2Task:
         return self.workdir / BEST_DIR
 
     def _save_best(self, params: Any, step: int, value: float) -> None:
-        metadata = {"stage": self.name, "model_config": self.model_config_dict(),
+        metadata = {**self.checkpoint_metadata(), "stage": self.name, "model_config": self.model_config_dict(),
                     "run_config": config_to_dict(self.config)}
         save_best(self._best_root(), params, step, value, metadata)
 

@@ -23,7 +23,9 @@ A task (stage 1: `train/tasks.py::PretrainTask`; stage 2: `train/stage2_task.py`
                                                 params'; the loop places them on their shardings and
                                                 passes them to the jitted init as ARGUMENTS (closed
                                                 over, they would be constants of the compiled program)
-`TaskHooks` gives the last five their do-nothing defaults for a task that needs none of them.
+  checkpoint_metadata() -> dict                 extra JSON keys of every checkpoint's metadata (stage 2:
+                                                the stage-1 provenance, checkpoint.inherited_metadata)
+`TaskHooks` gives the last six their do-nothing defaults for a task that needs none of them.
 """
 
 from __future__ import annotations
@@ -51,11 +53,12 @@ class Task(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
     def initial_values(self) -> Any: ...
+    def checkpoint_metadata(self) -> dict[str, Any]: ...
 
 
 class TaskHooks:
     """The protocol's optional hooks, doing nothing: no own evaluation, no stop condition, no state,
-    no initial values."""
+    no initial values, no extra metadata."""
 
     def evaluate_params(self, params: Any, step: int) -> dict[str, Any]:
         return {}
@@ -71,3 +74,6 @@ class TaskHooks:
 
     def initial_values(self) -> Any:
         return None
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        return {}
