@@ -1,11 +1,12 @@
 """Stage-2 adaptation configs: `--config configs/adapt.py:<variant>`.
 
 Variants (dataset, default lengths): hzmetro (HZMETRO inflow), hzmetro_out, los_loop, aqi36 (24->24),
-montevideo_bus, pems03, pems04, pems07, pems08, metr_la, pems_bay (these six need the user's series
-files in the data dir), synthetic (the embedded sensor network, no files), etth2 and weather (96->96,
+pems03, pems04, pems07, pems08, metr_la, pems_bay (these six need the user's series files in the data
+dir), synthetic (the embedded sensor network, no files), etth2 and weather (96->96,
 the variables as nodes), custom (a user's own CSV / Parquet / .npz: --config.dataset=PATH
 --config.input_len=L --config.horizon=H, file options under data., CPU-sized budget). Everything
-else is 12->12.
+else is 12->12. MONTEVIDEO_BUS has no variant: it is in the shipped checkpoints' pretraining corpus,
+so adapting to it would not be few-shot (refused unless --config.allow_overlap=True).
 
   python launch/adapt.py --config configs/adapt.py:hzmetro --config.init_from=runs/tiny --workdir runs/hz
   python launch/adapt.py --config configs/adapt.py:los_loop --config.model=stid --config.data.few_shot_ratio=1.0 \
@@ -17,7 +18,9 @@ else is 12->12.
 Top-level fields: dataset, input_len, horizon, model ("factost" | "stid"), init_from (a stage-1
 workdir / checkpoint dir; default: the shipped factost-tiny when it exists, required for FactoST),
 model_size (optional check against the checkpoint), trainable ("adapter" | "adapter+head" | "all"),
-loss ("mae" | "pinball" | "mae+pinball"), compute_dtype, remat. Sections: data (few-shot subset,
+loss ("mae" | "pinball" | "mae+pinball"), compute_dtype, remat, allow_overlap (adapt even to a
+dataset of the checkpoint's pretraining corpus, with a warning), allow_longer_context (an input_len
+above the checkpoint's pretraining context length, with a warning). Sections: data (few-shot subset,
 memory replay, batch), adapter (AdapterConfig fields but num_nodes), stid (STIDConfig sizes), train
 (TrainConfig fields plus patience, min_delta, eval_batch_size, val_windows), mesh.shape and mesh.nodes_axis.
 
@@ -35,7 +38,6 @@ VARIANTS: dict[str, tuple[str, int, int]] = {
     "hzmetro_out": ("HZMETRO:out", 12, 12),
     "los_loop": ("LOS-LOOP", 12, 12),
     "aqi36": ("AQI36", 24, 24),
-    "montevideo_bus": ("MONTEVIDEO_BUS", 12, 12),
     "pems03": ("PEMS03", 12, 12),
     "pems04": ("PEMS04", 12, 12),
     "pems07": ("PEMS07", 12, 12),
@@ -63,6 +65,9 @@ def _base_config(dataset: str, input_len: int, horizon: int) -> config_dict.Conf
     # MAE; "mae+pinball" keeps the quantiles calibrated (docs/results.md, "Stage-2 defaults and why").
     config.trainable = DEFAULT_TRAINABLE
     config.loss = "mae"
+    # The init checkpoint's guards (factost_jax/train/adapt_guards.py): both refuse unless set True.
+    config.allow_overlap = False  # target dataset in the checkpoint's pretraining corpus
+    config.allow_longer_context = False  # input_len above the checkpoint's pretraining context length
 
     # Data: factost_jax.data.st_pipeline.STDataConfig (dataset / lengths come from the top level).
     config.data = config_dict.ConfigDict()

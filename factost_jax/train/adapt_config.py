@@ -1,7 +1,8 @@
 """Stage-2 run configuration: `configs/adapt.py`'s ConfigDict -> a frozen, validated `AdaptRunConfig`.
 
 One clear ValueError per bad field, raised before anything touches the workdir; the `init_from`
-checkpoint's metadata is read here (to size the backbone), its parameters are not.
+checkpoint's metadata is read here (to size the backbone, and for the guards of `adapt_guards.py`:
+no context longer than pretraining, no target in the pretraining corpus), its parameters are not.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from factost_jax.data.st_pipeline import STDataConfig, load_st_dataset
 from factost_jax.data.types import STDataset
 from factost_jax.model.config import DEFAULT_TRAINABLE, TRAINABLE_CHOICES, ModelConfig, model_config
 from factost_jax.train import mesh as mesh_lib
+from factost_jax.train.adapt_guards import check_context_length, check_overlap
 from factost_jax.train.config import MeshConfig, TrainConfig, resolve_compute_dtype
 
 STAGE = "adapt"
@@ -83,6 +85,8 @@ class AdaptRunConfig:
     init_from: str | None = None
     trainable: str = DEFAULT_TRAINABLE
     loss: str = "mae"
+    allow_overlap: bool = False  # adapt even to a dataset of the backbone's pretraining corpus (warns)
+    allow_longer_context: bool = False  # input_len above the backbone's pretraining context (warns)
     backbone: ModelConfig | None = None
     adapter: Any = None  # factost_jax.model.adapter.AdapterConfig
     stid: Any = None  # factost_jax.model.stid.STIDConfig
@@ -94,6 +98,8 @@ class AdaptRunConfig:
             "init_from": self.init_from,
             "trainable": self.trainable,
             "loss": self.loss,
+            "allow_overlap": self.allow_overlap,
+            "allow_longer_context": self.allow_longer_context,
             "data": dataclasses.asdict(self.data),
             "train": dataclasses.asdict(self.train),
             "early_stopping": dataclasses.asdict(self.early_stopping),
@@ -164,6 +170,20 @@ def read_init_metadata(init_from: str) -> tuple[pathlib.Path, dict[str, Any], Mo
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(f"init_from {step_dir}: unreadable checkpoint metadata ({err})") from None
     return step_dir, metadata, backbone
+
+
+def _bool_field(config: Any, name: str) -> bool:
+    value = config.get(name, False)
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"config.{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_init_checkpoint(data: STDataConfig, init_from: str, allow_overlap: bool, allow_longer: bool) -> None:
+    """The guards of `adapt_guards.py` on the init checkpoint's metadata (ValueError, or a warning when allowed)."""
+    step_dir, metadata, _ = read_init_metadata(init_from)
+    check_context_length(data.input_len, metadata, allow_longer, str(step_dir))
+    check_overlap(data.dataset, metadata, allow_overlap, str(step_dir))
 
 
 def _calendar_features(values: dict[str, Any]) -> None:
@@ -252,12 +272,15 @@ def validate_adapt_config(config: Any, dataset: STDataset | None = None) -> Adap
     mesh_lib.logical_axis_rules(nodes_axis)  # ValueError naming mesh.nodes_axis and its choices
     shape_text = shape if isinstance(shape, str) else ",".join(str(int(d)) for d in shape)
 
+    init_from = resolve_init_from(config.get("init_from"), model)
+    allow_overlap, allow_longer = _bool_field(config, "allow_overlap"), _bool_field(config, "allow_longer_context")
+    if model == "factost":  # before the dataset loads: a leaked or too-long setting fails at once
+        _check_init_checkpoint(data, init_from, allow_overlap, allow_longer)
     dataset = load_st_dataset(data) if dataset is None else dataset
     from factost_jax.data.windows import split_target_starts
 
     for split in ("train", "val", "test"):
         split_target_starts(dataset, split, data.input_len, data.horizon)  # raises when no window fits
-    init_from = resolve_init_from(config.get("init_from"), model)
     backbone = adapter = stid = None
     if model == "factost":
         backbone, adapter = _factost_sections(config, dataset, init_from)
@@ -268,5 +291,5 @@ def validate_adapt_config(config: Any, dataset: STDataset | None = None) -> Adap
         stid = _stid_section(config, dataset, data)
     return AdaptRunConfig(model=model, data=data, train=train, early_stopping=early,
                           mesh=AdaptMeshConfig(shape_text, nodes_axis),
-                          init_from=init_from, trainable=trainable, loss=loss, backbone=backbone, adapter=adapter,
-                          stid=stid)
+                          init_from=init_from, trainable=trainable, loss=loss, allow_overlap=allow_overlap,
+                          allow_longer_context=allow_longer, backbone=backbone, adapter=adapter, stid=stid)
