@@ -82,6 +82,12 @@ def hub_config(forecaster: Forecaster, dtype: str) -> dict[str, Any]:
     return config
 
 
+def _trained_context_text(config: Mapping[str, Any]) -> str:
+    """"512 steps (forecasts use at most this by default)", or "not recorded"."""
+    trained = ckpt_io.trained_context_length(config)
+    return "not recorded" if trained is None else f"{trained} steps (forecasts use at most this by default)"
+
+
 def model_card(config: Mapping[str, Any], num_params: int, repo_id: str | None = None,
                metrics: Mapping[str, Mapping[str, float]] | None = None) -> str:
     """README.md of a pretrained directory: YAML front matter for the Hub, then sizes, corpus, metrics.
@@ -114,6 +120,7 @@ def model_card(config: Mapping[str, Any], num_params: int, repo_id: str | None =
         f"{model['num_heads']} |",
         f"| patch size | {model['patch_size']} |",
         f"| max context | {model['patch_size'] * model['max_context_patches']} steps |",
+        f"| pretrained on contexts up to | {_trained_context_text(config)} |",
         f"| horizon in one pass | {model['patch_size'] * model['max_output_patches']} steps (longer: rollout) |",
         f"| quantile levels | {', '.join(f'{q:g}' for q in model['quantile_levels'])} |",
         f"| weights dtype | {config.get('params_dtype', 'float32')} |",
