@@ -90,8 +90,9 @@ def fit_forecaster(forecaster: Any, df: Any, *, horizon: int, input_len: int, op
         raise KeyboardInterrupt(f"fit was interrupted; its checkpoints are in {workdir}")
     params, best_step = task.restore_best()
     metadata = {
-        # The stage-1 provenance: trained context / output lengths bound inference, the corpus guards evaluations.
-        **ckpt_io.inherited_metadata(forecaster.metadata),
+        # What every checkpoint of the run records: the input scale (inference maps inputs as validation
+        # did) and the stage-1 provenance (trained context / output lengths, the corpus guard).
+        **task.checkpoint_metadata(),
         "step": int(best_step),
         "stage": "adapt",
         "run_config": run_config.to_dict(),

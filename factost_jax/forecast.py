@@ -15,7 +15,9 @@ with `forecast_network(values [T, N], timestamps, horizon)`.
 Numerics. Each series is standardised here, in float64, with the mean and standard deviation of the
 context the model will see; the forecast is mapped back in float64. The encoder's own instance
 norm makes it invariant to that affine map (exactly, up to rounding), so this changes nothing but
-precision: a series at 1e9 with unit noise, or one at 1e-9, keeps its detail in float32.
+precision: a series at 1e9 with unit noise, or one at 1e-9, keeps its detail in float32. A stage-2
+model instead maps its windows through the input scale its checkpoint records (the train z-score
+it was adapted and validated with, `data/input_scale.py`), so it scores as its `metrics.json` did.
 
 Compilation. Contexts are left-padded with NaN to a few bucket lengths and rows to power-of-two
 batch buckets (see `model/rollout.py`), so a session compiles a bounded number of programs;
@@ -47,6 +49,7 @@ import tqdm
 
 from factost_jax import checkpoint as ckpt_io
 from factost_jax.checkpoint import resolve_checkpoint_path
+from factost_jax.data.input_scale import InputScale, recorded_input_scale, to_metric_scale, to_model_scale
 from factost_jax.inputs.context_limit import check_max_context, default_max_context
 from factost_jax.inputs.series import (check_horizon, check_levels, check_observed, positive_int, rows_per_call,
                                        series_matrix, standardise, to_float_series, trained_index)
@@ -110,6 +113,15 @@ def trained_context(metadata: Mapping[str, Any]) -> int | None:
     if pretrained is None or not isinstance(adapted, int):
         return pretrained
     return max(pretrained, adapted)
+
+
+def _window_scale(values: np.ndarray) -> InputScale:
+    """[B, T, N] -> the InputScale of each (window, node) (mean, std [B, 1, N]), for a stage-2
+    checkpoint that records no input scale."""
+    batch, length, nodes = values.shape
+    flat = np.swapaxes(values, 1, 2).reshape(batch * nodes, length)
+    _, loc, scale = standardise(np.where(np.isfinite(flat), flat, np.nan))
+    return InputScale(mean=loc.reshape(batch, 1, nodes), std=scale.reshape(batch, 1, nodes))
 
 # --------------------------------------------------------------------------- the forecaster
 
@@ -518,17 +530,16 @@ class Forecaster:
                     raise ValueError(f"calendar lacks {name!r}, which the adapter uses")
                 slots = np.asarray(source[name])
                 target_dict[name] = mapping(slots[:, -keep:] if length is None else slots[:, :length])
-        # The adapter's RevIN and instance norm are affine invariant, so float64 standardising per
-        # (window, node) keeps large or tiny magnitudes exact in float32, as in stage 1.
-        batch, length, nodes = values.shape
-        flat = np.swapaxes(values, 1, 2).reshape(batch * nodes, length)
-        standardised, loc, scale = standardise(np.where(np.isfinite(flat), flat, np.nan))
-        standardised = np.swapaxes(standardised.reshape(batch, nodes, length), 1, 2)
-        out = np.asarray(adapter_predict(self.params, self.config, self.adapter_config, standardised,
-                                         context, future, horizon), np.float64)  # [B, H, N, Q]
-        loc = loc.reshape(batch, 1, nodes, 1)
-        scale = scale.reshape(batch, 1, nodes, 1)
-        return point_and_quantiles(out * scale + loc, self.quantile_levels)[1].astype(np.float32)
+        # The input scale the checkpoint was trained and validated with (data/input_scale.py): the
+        # same map as its metrics.json, so this scores alike. Older checkpoints record none: each
+        # (window, node) is standardised instead, which differs where a whole context is missing.
+        scale = recorded_input_scale(self.metadata)
+        if scale is None:
+            scale = _window_scale(values)
+        out = adapter_predict(self.params, self.config, self.adapter_config, to_model_scale(values, scale),
+                              context, future, horizon)  # [B, H, N, Q]
+        return point_and_quantiles(to_metric_scale(np.asarray(out), scale, quantile_axis=True),
+                                   self.quantile_levels)[1].astype(np.float32)
 
     def forecast_network(self, values: Any, timestamps: Any, horizon: int,
                          quantiles: Sequence[float] = DEFAULT_QUANTILES) -> QuantileForecast:

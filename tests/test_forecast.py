@@ -372,6 +372,29 @@ def test_stage2_checkpoint_forecast_network(tmp_path, forecaster):
         Forecaster.load(tmp_path / "bare")
 
 
+def test_stage2_forecast_uses_the_recorded_input_scale(forecaster):
+    """A stage-2 checkpoint feeds its adapter the train z-score it recorded (data/input_scale.py), as
+    validation did: observed nodes barely notice the scale (RevIN), but a node whose whole context
+    is missing is forecast around the train mean, mean + std * (the forecast of an empty z-context)."""
+    from factost_jax.model.adapter import AdapterConfig, init_adapter_params
+
+    adapter_config = AdapterConfig(num_nodes=3)
+    shapes = unbox(jax.eval_shape(lambda key: init_adapter_params(CONFIG, adapter_config, key), jax.random.key(1)))
+    params = {**stage1_params(), "adapter": jax.tree.map(lambda leaf: np.zeros(leaf.shape, np.float32), shapes["adapter"])}
+    values = np.stack([seasonal(48, seed=s) * (s + 1) for s in range(3)], axis=1)  # [T, N]
+    values[:, 2] = np.nan
+    stamps = pd.date_range("2024-01-01", periods=48, freq="h")
+
+    def adapted(mean, std):
+        return Forecaster(params, CONFIG, adapter_config=adapter_config,
+                          metadata={"input_scale": {"mean": [mean], "std": [std]}})
+
+    identity, scaled = (adapted(0.0, 1.0).forecast_network(values, stamps, horizon=12),
+                        adapted(100.0, 10.0).forecast_network(values, stamps, horizon=12))
+    np.testing.assert_allclose(scaled.median[:, :2], identity.median[:, :2], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(scaled.median[:, 2], 100.0 + 10.0 * identity.median[:, 2], rtol=1e-5, atol=1e-4)
+
+
 # ----------------------------------------------------------------------------- zero-shot evaluation
 
 

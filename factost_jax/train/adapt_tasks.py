@@ -67,8 +67,8 @@ class AdaptTask(Stage2Task):
         return self.model.init({"params": rng}, values, context, future, data.horizon, True)["params"]
 
     def checkpoint_metadata(self) -> dict[str, Any]:
-        """The init checkpoint's stage-1 provenance (`checkpoint.inherited_metadata`)."""
-        return dict(self._provenance)
+        """The input scale and the init checkpoint's stage-1 provenance (`checkpoint.inherited_metadata`)."""
+        return {**super().checkpoint_metadata(), **self._provenance}
 
     def initial_values(self) -> Any:
         """The `init_from` weights (host float32): stage-1 keys, or every key of a stage-2 checkpoint."""

@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from factost_jax.data.input_scale import METADATA_KEY as INPUT_SCALE_KEY
+from factost_jax.data.input_scale import dataset_input_scale, to_metric_scale, to_model_scale
 from factost_jax.data.st_pipeline import load_st_dataset, make_st_train_dataset
 from factost_jax.data.types import STDataset
 from factost_jax.model.quantiles import point_and_quantiles
@@ -70,7 +72,9 @@ class Stage2Task:
         self.config = config
         self.workdir = None if workdir is None else pathlib.Path(workdir).expanduser().absolute()
         self.dataset = load_st_dataset(config.data) if dataset is None else dataset
-        self._normalizer = self.dataset.normalizer()
+        # The map from metric-scale windows to the model's z-scores; recorded in every checkpoint so
+        # that the Forecaster (launch/evaluate.py) feeds the model exactly what validation did.
+        self.input_scale = dataset_input_scale(self.dataset)
         self.early_stopping = EarlyStopping(config.early_stopping.patience, config.early_stopping.min_delta)
         self._mesh = None
         self._forecast = None
@@ -92,8 +96,9 @@ class Stage2Task:
         return None
 
     def checkpoint_metadata(self) -> dict[str, Any]:
-        """Extra metadata of every checkpoint and of `best/` (AdaptTask: its stage-1 provenance)."""
-        return {}
+        """Extra metadata of every checkpoint and of `best/`: the input scale (AdaptTask adds its
+        stage-1 provenance)."""
+        return {INPUT_SCALE_KEY: self.input_scale.to_dict()}
 
     # ---- stage-2 hooks of the loop
     def evaluate_params(self, params: Any, step: int) -> dict[str, Any]:
@@ -139,20 +144,6 @@ class Stage2Task:
                                      out_shardings=mesh_lib.replicated(self.mesh))
         return self._forecast
 
-    def _to_model_scale(self, metric_values: np.ndarray) -> np.ndarray:
-        """Evaluation windows come on the metric scale (original units when rescaled); the model sees z-scores."""
-        if not self.dataset.rescale:
-            return metric_values
-        return ((metric_values - self._normalizer.mean[..., 0]) / self._normalizer.std[..., 0]).astype(np.float32)
-
-    def _to_metric_scale(self, model_values: np.ndarray, quantile_axis: bool) -> np.ndarray:
-        if not self.dataset.rescale:
-            return model_values
-        mean, std = self._normalizer.mean[..., 0], self._normalizer.std[..., 0]
-        if quantile_axis:
-            mean, std = mean[..., None], std[..., None]
-        return model_values * std + mean
-
     def predict_fn(self, params: Any) -> Any:
         """`WindowBatch -> point [B, H, N]` or `(point, quantiles [B, H, N, Q], levels)` on the metric scale."""
         forecast, rows = self._jitted_forecast(), self._eval_rows()
@@ -161,7 +152,7 @@ class Stage2Task:
         def predict(window_batch: Any) -> Any:
             size = window_batch.batch_size
             host = _pad_rows({
-                "values": self._to_model_scale(np.asarray(window_batch.context, np.float32)),
+                "values": to_model_scale(window_batch.context, self.input_scale),
                 "context_time_of_day": window_batch.context_time_of_day,
                 "context_day_of_week": window_batch.context_day_of_week,
                 "future_time_of_day": window_batch.future_time_of_day,
@@ -169,8 +160,8 @@ class Stage2Task:
             }, rows)
             out = np.asarray(forecast(params, mesh_lib.replicated_host_to_global(host, self.mesh)))[:size]
             if levels is None:
-                return self._to_metric_scale(out, quantile_axis=False)
-            point, quantiles = point_and_quantiles(self._to_metric_scale(out, quantile_axis=True), levels)
+                return to_metric_scale(out, self.input_scale, quantile_axis=False)
+            point, quantiles = point_and_quantiles(to_metric_scale(out, self.input_scale, quantile_axis=True), levels)
             return point, quantiles, levels
 
         return predict

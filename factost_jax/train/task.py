@@ -24,7 +24,8 @@ A task (stage 1: `train/tasks.py::PretrainTask`; stage 2: `train/stage2_task.py`
                                                 passes them to the jitted init as ARGUMENTS (closed
                                                 over, they would be constants of the compiled program)
   checkpoint_metadata() -> dict                 extra JSON keys of every checkpoint's metadata (stage 2:
-                                                the stage-1 provenance, checkpoint.inherited_metadata)
+                                                the input scale, data/input_scale.py, and the stage-1
+                                                provenance, checkpoint.inherited_metadata)
 `TaskHooks` gives the last six their do-nothing defaults for a task that needs none of them.
 """
 
