@@ -8,9 +8,11 @@ On-disk layout (what `train/loop.py` writes through an Orbax `CheckpointManager`
         data_iter/  Grain iterator state, one JSON per process (training only)
         metadata/metadata   JSON: {"step", "stage", "model_config", "run_config", ...}
 
-A shipped inference checkpoint (`save_inference_checkpoint`) is one such step directory holding
-only `params/` and `metadata/`; `resolve_checkpoint_path` finds one by name ("factost-tiny"). This
-module knows only `model/config.py` (and the `trees.py` basement).
+A stage-2 (adaptation) workdir also keeps `<workdir>/best/<step>/` (params and metadata), the
+parameters of the best validation, which its `metrics.json` scores; `inference_root` sends a
+workdir that has one there. A shipped inference checkpoint (`save_inference_checkpoint`) is one
+such step directory holding only `params/` and `metadata/`; `resolve_checkpoint_path` finds one by
+name ("factost-tiny"). This module knows only `model/config.py` (and the `trees.py` basement).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from factost_jax.model.config import ModelConfig
 from factost_jax.trees import key_path_str  # noqa: F401  (re-exported: ckpt_io.key_path_str)
 
 CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"  # a stage-2 workdir's best-validation store (train/best_params.py)
 PARAMS_ITEM = "params"
 OPT_STATE_ITEM = "opt_state"
 DATA_ITER_ITEM = "data_iter"
@@ -126,6 +129,16 @@ def find_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, int]:
             f"no finished checkpoint under {path} (expected {CHECKPOINTS_DIR}/<step>/{{{PARAMS_ITEM},{METADATA_ITEM}}})"
         )
     return root / str(steps[-1]), steps[-1]
+
+
+def inference_root(path: str | pathlib.Path) -> pathlib.Path:
+    """Where inference reads `path`: a stage-2 workdir's `best/` when it holds a finished step (the
+    best validation, what `metrics.json` scores, not the latest step early stopping ran past),
+    else `path` as given (a stage-1 workdir, a `checkpoints/` dir, a step dir)."""
+    path = pathlib.Path(path).expanduser()
+    if path.is_dir() and not _is_step_dir(path) and list_steps(path / BEST_DIR):
+        return path / BEST_DIR
+    return path
 
 
 def read_metadata(path: str | pathlib.Path) -> dict[str, Any]:

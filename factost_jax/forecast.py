@@ -180,11 +180,14 @@ class Forecaster:
              round_output_patches: bool = True) -> Forecaster:
         """A workdir, its checkpoints dir, a step dir, or a shipped name like "factost-tiny".
 
-        The latest finished step is used (past a truncated or corrupt one, with a warning naming
-        it); the model (and adapter) config come from the checkpoint's own metadata.
-        `max_context` and `round_output_patches`: as in the constructor.
+        A stage-2 (adaptation) workdir loads its best validation step (`WORKDIR/best/<step>`, what
+        its metrics.json scores); otherwise the latest finished step is used (past a truncated or
+        corrupt one, with a warning naming it); name `WORKDIR/checkpoints` for the latest of a
+        stage-2 run. `self.path` is the step directory loaded. The model (and adapter) config come
+        from the checkpoint's own metadata. `max_context` and `round_output_patches`: as in the
+        constructor.
         """
-        resolved = resolve_checkpoint_path(path)
+        resolved = ckpt_io.inference_root(resolve_checkpoint_path(path))
         latest, _ = ckpt_io.find_checkpoint(resolved)
         try:
             model_config = ckpt_io.read_step_metadata(latest).get("model_config")

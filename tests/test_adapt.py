@@ -293,6 +293,9 @@ def test_launcher_end_to_end(configs, repo_root, stage1_ckpt, tmp_path):
     for path, value in _leaves(stage1).items():
         np.testing.assert_array_equal(trained[path], value, err_msg=f"frozen {path} changed")
     initial = _leaves(_restore_plain(workdir / "best" / "0" / "params"))  # best = the step-0 (initial) parameters
+    from factost_jax.forecast import Forecaster
+
+    assert Forecaster.load(workdir).path == workdir / "best" / "0"  # what metrics.json scored, not checkpoints/2
     assert any(not np.array_equal(trained[p], initial[p]) for p in initial if p.startswith("adapter/"))
 
     # resuming a stopped run trains no further and reports the same test metrics
@@ -323,10 +326,13 @@ def test_launcher_user_error_writes_nothing(repo_root, tmp_path):
 # ----------------------------------------------------------------------------- one scoring path
 def test_metrics_json_agrees_with_evaluating_the_same_checkpoint(configs, stage1_ckpt, tmp_path):
     """metrics.json (stage-2 validation / test code) and launch/evaluate.py's path (Forecaster.load of
-    WORKDIR/best -> checkpoint_predictor -> evaluate) score the best parameters alike: both sort the quantile head's
-    output and take the median of the sorted levels (raw random-head quantiles cross, so this fails
-    when one path skips the sort). They normalise differently (the Forecaster per window and node in
-    float64, validation with the train split's statistics), so they agree to within 1 % (up to 0.6 % seen), far closer than a path that skips the sort."""
+    WORKDIR -> its best/ step -> checkpoint_predictor -> evaluate) score the best parameters alike, to
+    float rounding: both sort the quantile head's output and take the median of the sorted levels (raw
+    random-head quantiles cross, so this fails when one path skips the sort), and both map windows
+    through the input scale the checkpoint records (the train z-score; data/input_scale.py). The
+    synthetic test split has windows where a node's whole context is missing, where standardising
+    each window instead (the Forecaster's old path) moved MAE by 0.1 % here and 2.7 % on HZMETRO."""
+    from factost_jax.data.windows import split_target_starts, window_indices
     from factost_jax.eval.evaluate import checkpoint_predictor, evaluate
     from factost_jax.forecast import Forecaster
 
@@ -350,18 +356,21 @@ def test_metrics_json_agrees_with_evaluating_the_same_checkpoint(configs, stage1
         metadata = ckpt_io.read_step_metadata(step_dir)
         assert metadata["pretrain_context_length"] == 128 and metadata["pretrain_output_patch_buckets"] == [1, 2, 4]
 
-    # best/ is a checkpoint directory of its own: the parameters metrics.json reports, loadable by name.
-    forecaster = Forecaster.load(tmp_path / "run" / "best")
-    assert forecaster.stage == 2 and forecaster.path.name == str(written["adaptation"]["best_step"])
+    # The workdir loads its best/ step: the parameters metrics.json reports (so does best/ by name).
+    forecaster = Forecaster.load(tmp_path / "run")
+    assert forecaster.stage == 2 and forecaster.path == tmp_path / "run" / "best" / str(written["adaptation"]["best_step"])
+    assert Forecaster.load(tmp_path / "run" / "best").path == forecaster.path
     for path, value in _leaves(forecaster.params).items():
         np.testing.assert_array_equal(value, np.asarray(_leaves(best)[path]), err_msg=path)
     result = evaluate(task.dataset, checkpoint_predictor(forecaster, task.dataset), run.data.input_len,
                       run.data.horizon, split="test", batch_size=64, progress=False)
     assert result["num_windows"] == written["num_windows"]
+    starts = split_target_starts(task.dataset, "test", run.data.input_len, run.data.horizon)
+    context = task.dataset.mask[window_indices(starts, run.data.input_len, run.data.horizon)[0], :, 0]  # [W, L, N]
+    assert (~context.any(axis=1)).any(), "no test window has a node without observations: the test proves less"
     for step, row in written["metrics"].items():
-        for name in ("MAE", "RMSE", "MAPE", "QL"):
-            np.testing.assert_allclose(result["metrics"][step][name], row[name], rtol=1e-2, err_msg=f"{step} {name}")
-        np.testing.assert_allclose(result["metrics"][step]["coverage_80"], row["coverage_80"], atol=1e-2)
+        for name in ("MAE", "RMSE", "MAPE", "QL", "coverage_80"):
+            np.testing.assert_allclose(result["metrics"][step][name], row[name], rtol=1e-5, err_msg=f"{step} {name}")
 
 
 # ----------------------------------------------------------------------------- node-axis sharding

@@ -84,3 +84,17 @@ def test_format_table_and_json_safe():
     assert safe["metrics"]["avg"]["RMSE"] is None and safe["metrics"]["avg"]["MAE"] == 1.23456
     assert math.isnan(result["metrics"]["avg"]["RMSE"])  # the input is not modified
     json.loads(json.dumps(safe, allow_nan=False))
+
+
+def test_note_names_the_best_step_of_an_adaptation_workdir(capsys, tmp_path):
+    from factost_jax.commands.evaluate import _note_best_step
+
+    _note_best_step({"model": f"factost:{tmp_path / 'run' / 'best' / '40'}"}, str(tmp_path / "run"))
+    note = capsys.readouterr().err
+    assert note.startswith(f"note: evaluating {tmp_path / 'run' / 'best' / '40'}, the best validation step 40 of "
+                           f"the adaptation run {tmp_path / 'run'}") and f"{tmp_path / 'run' / 'checkpoints'}" in note
+    for model, given in ((f"factost:{tmp_path / 'run' / 'best' / '40'}", str(tmp_path / "run" / "best")),
+                         (f"factost:{tmp_path / 'run' / 'checkpoints' / '60'}", str(tmp_path / "run")),
+                         ("seasonal_naive_day", None)):
+        _note_best_step({"model": model}, given)
+    assert capsys.readouterr().err == ""  # best/ named by hand, a stage-1 workdir, a baseline: nothing to say

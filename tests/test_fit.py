@@ -85,7 +85,14 @@ def test_fit_forecast_save_load_and_evaluate(stage1_ckpt, network_csv, tmp_path,
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads((tmp_path / "eval.json").read_text())
     assert evaluated["dataset"] == "my.csv" and evaluated["num_windows"] == test["num_windows"]
-    assert np.isfinite(evaluated["metrics"]["avg"]["MAE"]) and evaluated["model"].startswith("factost:")
+    assert np.isfinite(evaluated["metrics"]["avg"]["MAE"]) and evaluated["model"] == f"factost:{saved}"
+    # the fit report and launch/evaluate.py score the saved model alike: one input scale (data/input_scale.py)
+    for name in ("MAE", "RMSE", "MAPE", "QL", "coverage_80"):
+        np.testing.assert_allclose(evaluated["metrics"]["avg"][name], test["metrics"]["avg"][name], rtol=1e-5,
+                                   err_msg=name)
+    # the fit's workdir loads its best validation step, the parameters the fit returned
+    best = Forecaster.load(tmp_path / "fit")
+    assert best.path == tmp_path / "fit" / "best" / str(adapted.metadata["step"])
 
 
 @pytest.mark.slow

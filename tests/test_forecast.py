@@ -99,6 +99,22 @@ def test_load_falls_back_past_an_unreadable_latest_checkpoint(tmp_path, damage):
         Forecaster.load(latest)
 
 
+def test_stage2_workdir_loads_its_best_validation_step(tmp_path):
+    """An adaptation workdir loads best/<step> (what metrics.json scores), not the latest checkpoint
+    early stopping ran past; its checkpoints/ dir still gives the latest."""
+    params = stage1_params()
+    save_inference_checkpoint(tmp_path / "checkpoints" / "4", CONFIG, params, {"step": 4})
+    (tmp_path / "best" / "9.orbax-checkpoint-tmp-1").mkdir(parents=True)  # a cut-off save is no step
+    assert Forecaster.load(tmp_path).path == tmp_path / "checkpoints" / "4"
+    best = jax.tree.map(lambda leaf: leaf + 1.0, params)
+    save_inference_checkpoint(tmp_path / "best" / "2", CONFIG, best, {"step": 2, "val_MAE": 1.0})
+    loaded = Forecaster.load(tmp_path)
+    assert loaded.path == tmp_path / "best" / "2" and loaded.metadata["step"] == 2
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded.params), best)
+    assert Forecaster.load(tmp_path / "checkpoints").path == tmp_path / "checkpoints" / "4"
+    assert Forecaster.load(tmp_path / "best").path == tmp_path / "best" / "2"
+
+
 # ----------------------------------------------------------------------------- stage 1 forecasts
 
 

@@ -10,7 +10,9 @@
 Prints the per-horizon table (rows avg, step_3, step_6, step_12; columns MAE, RMSE, MAPE, and QL,
 coverage_80 for a checkpoint; MAPE is a fraction) and writes the result as JSON when --output is
 given. --checkpoint takes a workdir, its checkpoints/ dir, a step dir or a shipped name, and evaluates
-the latest checkpoint (zero-shot for stage 1, channel-independently); a dataset the checkpoint was
+the latest checkpoint (zero-shot for stage 1, channel-independently), or for an adaptation (stage-2)
+workdir its best validation step WORKDIR/best/<step>, which its metrics.json scores (a note on stderr
+names it; WORKDIR/checkpoints gives the latest); a dataset the checkpoint was
 pretrained on is refused unless --allow_overlap. The checkpoint sees at most the last max_context
 steps of each window: by default the context length it was pretrained on (a note on stderr says
 when --input_len is longer); --max_context N allows more, with a warning, up to the architecture's
@@ -34,6 +36,7 @@ import sys
 
 from absl import app, flags, logging
 
+from factost_jax.checkpoint import BEST_DIR, CHECKPOINTS_DIR
 from factost_jax.cli import fail, flag_parser, reject_positional
 from factost_jax.eval import baselines
 from factost_jax.eval.evaluate import (
@@ -49,7 +52,8 @@ flags.DEFINE_string("dataset", None, "Dataset name, e.g. HZMETRO, HZMETRO:out, L
 flags.DEFINE_enum("model", None, list(baselines.BASELINES), "Baseline to evaluate (autoets / autotheta need "
                   "the optional statsforecast: pip install -e '.[baselines]').")
 flags.DEFINE_string("checkpoint", None, "FactoST checkpoint (workdir, checkpoints dir, step dir or shipped name) "
-                    "to evaluate instead of --model; stage 1 is evaluated zero-shot.")
+                    "to evaluate instead of --model; stage 1 is evaluated zero-shot, an adaptation workdir at its "
+                    "best validation step (best/).")
 flags.DEFINE_integer("input_len", None, "Context length L.", lower_bound=1)
 flags.DEFINE_integer("horizon", None, "Forecast horizon H.", lower_bound=1)
 flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Split to evaluate.")
@@ -109,6 +113,16 @@ def _note_cut_context(result: dict, requested: int | None) -> None:
               file=sys.stderr)
 
 
+def _note_best_step(result: dict, given: str | None) -> None:
+    """One stderr line when --checkpoint named an adaptation workdir, whose best/ step was evaluated."""
+    step_dir = pathlib.Path(str(result.get("model", "")).removeprefix("factost:"))
+    if given is None or step_dir.parent.name != BEST_DIR or step_dir.parent.parent != pathlib.Path(given).expanduser():
+        return
+    print(f"note: evaluating {step_dir}, the best validation step {step_dir.name} of the adaptation run {given} "
+          f"(what its metrics.json scores); --checkpoint {pathlib.Path(given) / CHECKPOINTS_DIR} evaluates the latest",
+          file=sys.stderr)
+
+
 def main(argv: list[str]) -> None:
     reject_positional(argv)
     logging.set_verbosity(logging.ERROR)  # Orbax logs every restore at INFO/WARNING; errors stay one line
@@ -121,6 +135,7 @@ def main(argv: list[str]) -> None:
                                 allow_overlap=FLAGS.allow_overlap, window_stride=FLAGS.window_stride,
                                 max_context=FLAGS.max_context, **_common_kwargs())
         _note_cut_context(result, FLAGS.max_context)
+        _note_best_step(result, FLAGS.checkpoint)
         compared = _baseline_results(compared_names, FLAGS.model) if FLAGS.with_baselines else None
         plot_paths = []
         if FLAGS.plot:

@@ -3,8 +3,9 @@
 `max_to_keep=1`).
 
 `best/<step>/` has the layout of a loop checkpoint without the training items: `params/` (host
-float32) and `metadata/` (stage, model and run config, step, the metric), so `Forecaster.load` and
-`launch/evaluate.py --checkpoint WORKDIR/best` load exactly the parameters `metrics.json` reports.
+float32) and `metadata/` (stage, model and run config, input scale, step, the metric), so
+`Forecaster.load` and `launch/evaluate.py --checkpoint` of WORKDIR (which prefer `best/`) or
+WORKDIR/best load exactly the parameters `metrics.json` reports.
 A save cut off by a kill leaves `<step>.orbax-checkpoint-tmp-*`; the next save's manager removes it
 (`cleanup_tmp_directories`).
 """
@@ -19,7 +20,7 @@ from factost_jax import checkpoint as ckpt_io
 from factost_jax.train import mesh as mesh_lib
 from factost_jax.train.checkpointing import with_shardings
 
-BEST_DIR = "best"
+BEST_DIR = ckpt_io.BEST_DIR  # where `checkpoint.inference_root` looks for it
 BEST_METRIC = "val_MAE"  # lower is better
 
 
