@@ -48,7 +48,8 @@ def network_csv(tmp_path_factory):
 def test_fit_forecast_save_load_and_evaluate(stage1_ckpt, network_csv, tmp_path, repo_root):
     df = pd.read_csv(network_csv)
     adapted = Forecaster.load(stage1_ckpt).fit(df, horizon=4, input_len=8, null_val=0.0,
-                                               workdir=str(tmp_path / "fit"), **FIT_TRAINING)
+                                               split_ratios=(0.5, 0.2, 0.3), workdir=str(tmp_path / "fit"),
+                                               **FIT_TRAINING)
     assert adapted.stage == 2 and adapted.adapter_config.num_nodes == 4
     assert adapted.metadata["node_ids"] == ["S0", "S1", "S2", "S3"] and adapted.metadata["freq"] == "15min"
     test = adapted.metadata["test_metrics"]
@@ -79,14 +80,15 @@ def test_fit_forecast_save_load_and_evaluate(stage1_ckpt, network_csv, tmp_path,
 
     result = subprocess.run([sys.executable, str(repo_root / "launch" / "evaluate.py"), "--checkpoint", str(saved),
                              "--dataset", str(network_csv), "--input_len", "8", "--horizon", "4",
-                             "--data_option", "null_val=0", "--output", str(tmp_path / "eval.json")],
+                             "--output", str(tmp_path / "eval.json")],  # the fit's split_ratios and null_val apply
                             cwd=repo_root, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads((tmp_path / "eval.json").read_text())
     assert evaluated["dataset"] == "my.csv" and evaluated["num_windows"] == test["num_windows"]
     assert np.isfinite(evaluated["metrics"]["avg"]["MAE"]) and evaluated["model"] == f"factost:{saved}"
-    # the fit report and launch/evaluate.py score the saved model alike: one input scale (data/input_scale.py)
+    # the fit report and launch/evaluate.py score the saved model alike: the fit's file options (its
+    # 5:2:3 split, not the default 6:2:2) and one input scale (data/input_scale.py)
     for name in ("MAE", "RMSE", "MAPE", "QL", "coverage_80"):
         np.testing.assert_allclose(evaluated["metrics"]["avg"][name], test["metrics"]["avg"][name], rtol=1e-5,
                                    err_msg=name)

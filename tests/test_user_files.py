@@ -239,3 +239,19 @@ def test_is_file_source():
     assert user_files.is_file_source("my.csv") and user_files.is_file_source(pathlib.Path("x"))
     assert user_files.is_file_source("/data/net.PARQUET") and user_files.is_file_source("a.npz")
     assert not user_files.is_file_source("HZMETRO") and not user_files.is_file_source("")
+
+
+def test_recorded_file_options_of_an_adapt_run_and_of_a_fit(tmp_path):
+    """launch/evaluate.py --checkpoint reuses the options the adaptation used: a launch/adapt.py run's
+    (run_config.data) on the same file only; a Forecaster.fit's (metadata["file_options"], no path to
+    compare) on any file, so its saved model scores like its fit report without --data_option."""
+    run = {"run_config": {"data": {"dataset": str(tmp_path / "my.csv"), "null_val": 0.0,
+                                   "split_ratios": [0.7, 0.1, 0.2], "norm": None}}}
+    assert user_files.recorded_file_options(run, str(tmp_path / "my.csv")) == {"null_val": 0.0,
+                                                                                "split_ratios": (0.7, 0.1, 0.2)}
+    assert user_files.recorded_file_options(run, str(tmp_path / "other.csv")) == {}
+    fit = {"run_config": {"data": {"dataset": "DataFrame", "null_val": None}},
+           "file_options": FileSourceOptions(null_val=0.0, target="flow").to_dict()}
+    assert user_files.recorded_file_options(fit, str(tmp_path / "any.csv")) == {
+        "id_column": "unique_id", "timestamp_column": "ds", "target": "flow", "null_val": 0.0}
+    assert user_files.recorded_file_options(fit, "HZMETRO") == {}  # a registered dataset has its own conventions

@@ -73,7 +73,7 @@ flags.DEFINE_string("plot", None, "Write PNG plots of a few windows (sensors, me
 flags.DEFINE_multi_string("data_option", [], "For --dataset=PATH (a .csv / .parquet / .npz of your own): KEY=VALUE, "
                           "KEY one of id_column, timestamp_column, target, nodes, adjacency, freq, split_ratios "
                           "(0.6,0.2,0.2), null_val, norm; repeat the flag for several. A checkpoint adapted on the "
-                          "same file supplies the options its run recorded.")
+                          "same file (or by Forecaster.fit on a DataFrame) supplies the options it recorded.")
 flags.mark_flags_as_required(["dataset", "input_len", "horizon"])
 flags.mark_flags_as_mutual_exclusive(["model", "checkpoint"], required=True)
 

@@ -153,17 +153,28 @@ def parse_option_pairs(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 
 def recorded_file_options(metadata: Mapping[str, Any], dataset: Any) -> dict[str, Any]:
-    """The file options a checkpoint's adaptation run recorded (run_config.data) when it was adapted on
-    the file `dataset` (the same path, or the same file name when the run gave a relative path); else {}."""
-    data = ((metadata or {}).get("run_config") or {}).get("data") if isinstance(metadata, Mapping) else None
-    if not isinstance(data, Mapping) or not is_file_source(dataset) or not is_file_source(data.get("dataset")):
+    """The file options a checkpoint's adaptation recorded, for evaluating it on the file `dataset`; else {}.
+
+    A `launch/adapt.py` run records them in run_config.data and they apply to the same file (the same
+    path, or the same file name when the run gave a relative path). A `Forecaster.fit` on a DataFrame
+    records them as metadata["file_options"]; the frame has no path to compare, so they apply to any
+    file (the adapted network's sensors are checked when it is forecast).
+    """
+    if not isinstance(metadata, Mapping) or not is_file_source(dataset):
         return {}
-    recorded, given = pathlib.Path(str(data["dataset"])).expanduser(), pathlib.Path(dataset).expanduser()
-    same = recorded.resolve() == given.resolve() if recorded.is_absolute() else recorded.name == given.name
-    if not same:
-        return {}
+    data = (metadata.get("run_config") or {}).get("data")
+    fitted = metadata.get("file_options")
+    if isinstance(data, Mapping) and is_file_source(data.get("dataset")):
+        recorded, given = pathlib.Path(str(data["dataset"])).expanduser(), pathlib.Path(dataset).expanduser()
+        same = recorded.resolve() == given.resolve() if recorded.is_absolute() else recorded.name == given.name
+        return _set_options(data) if same else {}
+    return _set_options(fitted) if isinstance(fitted, Mapping) else {}
+
+
+def _set_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The OPTION_FIELDS of `values` that are set (not None); split_ratios as a tuple."""
     return {key: (tuple(value) if key == "split_ratios" else value)
-            for key in OPTION_FIELDS if (value := data.get(key)) is not None}
+            for key in OPTION_FIELDS if (value := values.get(key)) is not None}
 
 
 # --------------------------------------------------------------------------- reading

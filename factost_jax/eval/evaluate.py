@@ -107,7 +107,8 @@ def prepare_evaluation(dataset_name: str, model_name: str | None, data_dir: str 
     unknown model or dataset and for a checkpoint pretrained on the evaluated data (unless
     `allow_overlap`), FileNotFoundError for missing files. A user file (`dataset_name` ending in .csv /
     .parquet / .npz) is read with `file_options` (a mapping of `user_files.FileSourceOptions` fields);
-    for a checkpoint adapted on that same file, the options its run recorded fill in the ones not given.
+    for a checkpoint adapted on that same file (or fitted on a DataFrame), the options it recorded fill in the
+    ones not given (`user_files.recorded_file_options`).
     `max_context`: the checkpoint sees at most this many steps of each window (default: the context
     length it was trained on; more warns, see `Forecaster.set_max_context`).
     """
