@@ -23,3 +23,9 @@ def as_float(value: Any, name: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return value
+
+
+def check_seed(seed: Any, what: str = "seed") -> None:
+    """ValueError naming `what` unless `seed` is a non-negative integer (numpy's generators need one)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{what} must be a non-negative int, got {seed!r}")

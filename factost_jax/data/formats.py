@@ -131,7 +131,7 @@ def _load_cached(name: str, folder: str | None, signature: tuple) -> STDataset:
     del signature  # part of the cache key only
     info = DATASET_INFO[name]
     if folder is None:
-        from factost_jax.data.synthetic import synthetic_network
+        from factost_jax.data.synthetic_network import synthetic_network
 
         dataset = synthetic_network().replace(
             name=info.name, split_ratios=info.split_ratios, norm=info.norm, null_val=info.null_val,

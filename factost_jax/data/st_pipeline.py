@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from factost_jax.data.checks import as_float, as_int
-from factost_jax.data.pipeline import derive_seed
+from factost_jax.data.pretrain_config import derive_seed
 from factost_jax.data.types import STDataset
 from factost_jax.data.windows import split_target_starts, window_indices
 
@@ -223,7 +223,7 @@ def load_st_dataset(config: STDataConfig) -> STDataset:
     if options is not None:
         dataset = formats.load_dataset(name, file_options=options)
     elif name == SYNTHETIC:
-        from factost_jax.data.synthetic import synthetic_network
+        from factost_jax.data.synthetic_network import synthetic_network
 
         info = formats.DATASET_INFO[SYNTHETIC]
         dataset = synthetic_network(num_nodes=config.synthetic_nodes, num_days=config.synthetic_days).replace(

@@ -16,10 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from factost_jax.data.pipeline import PretrainDataConfig
+from factost_jax import checkpoint as ckpt_io
+from factost_jax.data.pretrain_config import PretrainDataConfig
 from factost_jax.model.config import ModelConfig, model_config
 from factost_jax.train import mesh as mesh_lib
 from factost_jax.train.config import AUTO_DTYPE, MeshConfig, TrainConfig, resolve_compute_dtype  # noqa: F401
+from factost_jax.train.adapt_init import fill_boxed, load_init_params
 from factost_jax.train.task import TaskHooks
 
 STAGE = "pretrain"
@@ -35,6 +37,7 @@ class PretrainRunConfig:
     data: PretrainDataConfig
     train: TrainConfig
     mesh: MeshConfig
+    init_from: str | None = None  # a stage-1 checkpoint of the same size to continue from (fresh optimizer)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +47,7 @@ class PretrainRunConfig:
             "data": dataclasses.asdict(self.data),
             "train": dataclasses.asdict(self.train),
             "mesh": dataclasses.asdict(self.mesh),
+            "init_from": self.init_from,
         }
 
 
@@ -119,7 +123,15 @@ def validate_pretrain_config(config: Any) -> PretrainRunConfig:
     if train.eval_windows < data.batch_size:
         raise ValueError(f"train.eval_windows ({train.eval_windows}) must be at least data.batch_size ({data.batch_size})")
     shape_text = shape if isinstance(shape, str) else ",".join(str(int(d)) for d in shape)
-    return PretrainRunConfig(size, model, data, train, MeshConfig(shape_text))
+    init_from = config.get("init_from")
+    if init_from is not None:
+        if not isinstance(init_from, str) or not init_from.strip():
+            raise ValueError(f"init_from must be a checkpoint path or shipped name, got {init_from!r}")
+        try:  # a path, or a shipped name such as "factost-tiny"
+            init_from = str(ckpt_io.resolve_checkpoint_path(init_from))
+        except FileNotFoundError as error:
+            raise ValueError(f"init_from: {error}") from None
+    return PretrainRunConfig(size, model, data, train, MeshConfig(shape_text), init_from)
 
 
 class PretrainTask(TaskHooks):
@@ -145,12 +157,28 @@ class PretrainTask(TaskHooks):
     def model_config_dict(self) -> dict[str, Any]:
         return self.model_config.to_dict()
 
-    def init_params(self, rng: jax.Array) -> Any:
-        """Boxed (logically partitioned) params; shapes do not depend on the dummy input length."""
+    def init_params(self, rng: jax.Array, values: Any = None) -> Any:
+        """Boxed (logically partitioned) params; shapes do not depend on the dummy input length.
+
+        `values` (host arrays from `initial_values()`, the `init_from` checkpoint) replace the random
+        draws leaf by leaf; the boxes keep their logical axes, so the weights land sharded.
+        """
         patch = self.model_config.patch_size
         context = jnp.zeros((1, 2 * patch), jnp.float32)
         mask = jnp.ones((1, 2 * patch), bool)
-        return self.model.init({"params": rng}, context, mask, 1, True)["params"]
+        boxed = self.model.init({"params": rng}, context, mask, 1, True)["params"]
+        return boxed if values is None else fill_boxed(boxed, values)
+
+    def initial_values(self) -> Any:
+        """The `init_from` checkpoint's parameters (host float32), shapes checked against this model."""
+        if self.config.init_from is None:
+            return None
+        abstract = jax.eval_shape(self.init_params, jax.random.key(0))
+        kind, values = load_init_params(self.config.init_from, abstract, num_nodes=0)
+        if kind != "stage1":
+            raise ValueError(f"init_from {self.config.init_from}: a stage-2 checkpoint cannot initialise "
+                             "stage-1 pretraining (give a stage-1 checkpoint or a shipped name)")
+        return values
 
     def loss_fn(
         self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array, deterministic: bool
