@@ -110,6 +110,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sweep_settings", default="trainable=adapter,loss=mae+pinball",
                         help=f"comma list of sweep settings besides the default, from "
                              f"{','.join(k for k, v in SWEEP_SETTINGS.items() if v is not None)}")
+    parser.add_argument("--previous", type=pathlib.Path, default=None,
+                        help="an --output directory of an earlier checkpoint (e.g. benchmarks/results/accuracy_v1): "
+                             "its FactoST numbers become a column beside the current ones")
+    parser.add_argument("--previous_label", default="v1", help="the column name of --previous")
+    parser.add_argument("--checkpoint_rows_only", action="store_true",
+                        help="rerun only what depends on the checkpoint: FactoST zero-shot rows (spliced into the "
+                             "JSON, whose baseline rows stay) and FactoST few-shot runs; STID and the statistical "
+                             "fits are kept")
     parser.add_argument("--factost_flags", default=CPU_FACTOST_FLAGS,
                         help="extra flags for the FactoST adapt runs only (default: the CPU budget; '' for the "
                              "configs/adapt.py defaults, meant for a GPU)")
@@ -268,12 +276,18 @@ def run_jobs(jobs: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     for job in jobs:
         if job["command"] is None or args.render_only:
             continue  # a result another job produces / nothing to run
-        if job["output"].is_file() and not args.force:
+        if args.checkpoint_rows_only and job["part"] == "zero_shot" and job["output"].is_file():
+            failures += refresh_checkpoint_row(job)
+            continue
+        if args.checkpoint_rows_only and job.get("model", "factost").startswith("stid"):
+            print(f"kept: {job['output']}")
+            continue
+        if job["output"].is_file() and not (args.force or args.checkpoint_rows_only):
             print(f"cached: {job['output']}")
             continue
         if args.quick and (job["part"] in ("few_shot", "sweep") or job.get("input_len") != 12):
             continue  # --quick never trains and evaluates only the 12-step sets; cached results still show
-        if args.force and job["part"] in ("few_shot", "sweep"):
+        if (args.force or args.checkpoint_rows_only) and job["part"] in ("few_shot", "sweep"):
             shutil.rmtree(job["output"].parent, ignore_errors=True)  # a rerun must not resume the old run
         code, seconds = run_command(job["command"], job["output"].with_suffix(".log"))
         job["seconds"] = seconds
@@ -284,6 +298,50 @@ def run_jobs(jobs: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
             record.setdefault("wall_seconds", round(seconds, 1))
             job["output"].write_text(json.dumps(record, indent=2) + "\n")
     return failures
+
+
+def checkpoint_only_command(command: list[str], output: pathlib.Path) -> list[str]:
+    """A zero-shot job's command for the checkpoint alone (no baselines), writing to `output`."""
+    out, skip = [], False
+    for i, item in enumerate(command):
+        if skip:
+            skip = False
+            continue
+        if item == "--with_baselines":
+            continue
+        if item in ("--baselines", "--output"):
+            skip = True
+            continue
+        out.append(item)
+    return out + ["--output", str(output)]
+
+
+def refresh_checkpoint_row(job: dict[str, Any]) -> list[str]:
+    """Reruns the checkpoint of a zero-shot job and splices its row into the job's JSON (baseline rows,
+    which do not depend on the checkpoint, stay). Returns failure lines."""
+    fresh = job["output"].with_name(job["output"].stem + ".checkpoint.json")
+    command = checkpoint_only_command(job["command"], fresh)
+    code, seconds = run_command(command, fresh.with_suffix(".log"))
+    if code != 0 or not fresh.is_file():
+        return [f"{display_command(command)}: exit {code} (log {fresh.with_suffix('.log')})"]
+    row, record = json.loads(fresh.read_text()), json.loads(job["output"].read_text())
+    fresh.unlink()
+    row.pop("results", None)
+    row["wall_seconds"] = round(seconds, 1)
+    results = [r for r in record.get("results", []) if not str(r["model"]).startswith("factost")]
+    record.update({key: row[key] for key in ("model", "metrics", "num_windows") if key in row})
+    record["max_context"] = row.get("max_context")
+    record["results"] = [{k: v for k, v in row.items() if k != "wall_seconds"}] + results
+    record["wall_seconds"] = row["wall_seconds"]
+    job["output"].write_text(json.dumps(record, indent=2) + "\n")
+    return []
+
+
+def previous_result(args: argparse.Namespace, job: dict[str, Any]) -> dict[str, Any] | None:
+    """The same job's JSON under --previous (None without it or when absent)."""
+    if args.previous is None:
+        return None
+    return _load(args.previous / job["output"].relative_to(args.output))
 
 
 def _load(path: pathlib.Path) -> dict[str, Any] | None:
@@ -312,11 +370,14 @@ def _best_baseline(base: dict[str, dict[str, Any]], digits: int) -> tuple[float 
     return base[name]["MAE"], f"{_pair(base[name], digits)} ({BASELINE_LABELS[name]})"
 
 
-def zero_shot_table(jobs: list[dict[str, Any]]) -> tuple[list[str], int, int]:
-    """Markdown lines, number of sets where FactoST beats the best baseline, number of sets."""
-    lines = ["| dataset | L->H | FactoST zero-shot | best baseline | last value | seasonal naive (day) | "
-             "seasonal naive (week) | historical average | beats best? |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def zero_shot_table(jobs: list[dict[str, Any]], previous: Any = None, label: str = "") -> tuple[list[str], int, int]:
+    """Markdown lines, number of sets where FactoST beats the best baseline, number of sets.
+
+    `previous(job)` (optional) gives an earlier checkpoint's result of the job, shown as column `label`."""
+    extra = [f"FactoST {label} zero-shot"] if previous else []
+    lines = ["| dataset | L->H | FactoST zero-shot | " + "".join(f"{e} | " for e in extra) + "best baseline | last value | "
+             "seasonal naive (day) | seasonal naive (week) | historical average | beats best? |",
+             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra)]
     wins = total = 0
     for job in jobs:
         result = _load(job["output"])
@@ -330,21 +391,31 @@ def zero_shot_table(jobs: list[dict[str, Any]]) -> tuple[list[str], int, int]:
         total += 1
         cells = [_pair(base.get(name), digits) if name in base else "n/a" for name in BASELINE_LABELS]
         verdict = "**yes**" if beats else "no"
-        lines.append(f"| {job['dataset']} | {job['input_len']}->{job['horizon']} | **{_pair(ours, digits)}** | {best} | "
-                     + " | ".join(cells) + f" | {verdict} |")
+        earlier = _previous_cells(previous, job, digits)
+        lines.append(f"| {job['dataset']} | {job['input_len']}->{job['horizon']} | **{_pair(ours, digits)}** | {earlier}"
+                     f"{best} | " + " | ".join(cells) + f" | {verdict} |")
     return lines, wins, total
+
+
+def _previous_cells(previous: Any, job: dict[str, Any], digits: int) -> str:
+    """The "MAE / RMSE | " cell of an earlier checkpoint ("" without --previous, "–" when not measured)."""
+    if not previous:
+        return ""
+    result = previous(job)
+    return f"{_pair(result['metrics']['avg'], digits) if result else '–'} | "
 
 
 def _statistical_of(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {r["model"]: r for r in result.get("results", []) if r["model"] in STATISTICAL_LABELS}
 
 
-def statistical_table(jobs: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+def statistical_table(jobs: list[dict[str, Any]], previous: Any = None, label: str = "") -> tuple[list[str], list[str]]:
     """(markdown lines, notes on fallbacks) of FactoST against the naive and statistical baselines,
-    each row on one set of strided windows."""
-    lines = ["| dataset | L->H | test windows scored | FactoST zero-shot | best naive baseline | AutoETS | AutoTheta | "
-             "season length (AutoETS · AutoTheta) | beats every baseline? |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    each row on one set of strided windows (`previous`, `label`: as `zero_shot_table`)."""
+    extra = [f"FactoST {label}"] if previous else []
+    lines = ["| dataset | L->H | test windows scored | FactoST zero-shot | " + "".join(f"{e} | " for e in extra)
+             + "best naive baseline | AutoETS | AutoTheta | season length (AutoETS · AutoTheta) | beats every baseline? |",
+             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra)]
     notes = []
     for job in jobs:
         result = _load(job["output"])
@@ -361,7 +432,8 @@ def statistical_table(jobs: list[dict[str, Any]]) -> tuple[list[str], list[str]]
         seasons = " · ".join(str(fitted[name]["fit_report"]["season_length"]) if name in fitted else "–"
                              for name in STATISTICAL_LABELS)
         lines.append(f"| {job['dataset']} | {job['input_len']}->{job['horizon']} | {windows} | **{_pair(ours, digits)}** | "
-                     f"{best_naive} | " + " | ".join(cells) + f" | {seasons} | {'**yes**' if beats else 'no'} |")
+                     f"{_previous_cells(previous, job, digits)}{best_naive} | " + " | ".join(cells)
+                     + f" | {seasons} | {'**yes**' if beats else 'no'} |")
         for name, entry in fitted.items():
             report = entry["fit_report"]
             if report["fallback_last_value"] or report["no_observation"]:
@@ -371,14 +443,20 @@ def statistical_table(jobs: list[dict[str, Any]]) -> tuple[list[str], list[str]]
     return lines, notes
 
 
-def few_shot_table(jobs: list[dict[str, Any]], zero_jobs: list[dict[str, Any]]) -> list[str]:
+def few_shot_table(jobs: list[dict[str, Any]], zero_jobs: list[dict[str, Any]], previous: Any = None,
+                   label: str = "") -> list[str]:
     zero = {j["dataset"]: _load(j["output"]) for j in zero_jobs}
-    lines = ["| dataset | L->H | FactoST few-shot (10 %) | FactoST zero-shot | STID few-shot (10 %) | "
-             "STID full-shot (100 %) | best baseline | steps run (best step) FactoST · STID 10 % · STID 100 % |",
-             "|---|---|---|---|---|---|---|---|"]
+    extra = [f"FactoST {label} few-shot"] if previous else []
+    lines = ["| dataset | L->H | FactoST few-shot (10 %) | " + "".join(f"{e} | " for e in extra) + "FactoST zero-shot | "
+             "STID few-shot (10 %) | STID full-shot (100 %) | best baseline | "
+             "steps run (best step) FactoST · STID 10 % · STID 100 % |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(extra)]
     by_variant: dict[str, dict[str, Any]] = {}
+    factost_jobs = {}
     for job in jobs:
         by_variant.setdefault(job["variant"], {})[job["model"]] = _load(job["output"])
+        if job["model"] == "factost_few":
+            factost_jobs[job["variant"]] = job
     for variant, results in by_variant.items():
         if not any(results.values()):
             continue
@@ -400,7 +478,8 @@ def few_shot_table(jobs: list[dict[str, Any]], zero_jobs: list[dict[str, Any]]) 
             info = result["adaptation"]
             return f"{info['steps_run']} ({info['best_step']})"
 
-        lines.append(f"| {dataset} | {some['input_len']}->{some['horizon']} | **{cell('factost_few')}** | {zero_cell} | "
+        earlier = _previous_cells(previous, factost_jobs[variant], digits) if variant in factost_jobs and previous else ""
+        lines.append(f"| {dataset} | {some['input_len']}->{some['horizon']} | **{cell('factost_few')}** | {earlier}{zero_cell} | "
                      f"{cell('stid_few')} | {cell('stid_full')} | {best} | "
                      f"{steps('factost_few')} · {steps('stid_few')} · {steps('stid_full')} |")
     return lines
@@ -436,20 +515,23 @@ def render(args: argparse.Namespace, zero_jobs, few_jobs, sweep, present: set[st
     except (FileNotFoundError, ValueError):
         pass
     corpus = ", ".join(checkpoint_metadata.get("corpus", [])) or "unknown"
+    previous = (lambda job: previous_result(args, job)) if args.previous else None
     out = [BEGIN_MARKER, "",
            f"Checkpoint `{args.checkpoint}` (step {checkpoint_metadata.get('step', '?')}; pretraining corpus: {corpus}). "
            "Test split, average over the horizon, MAE / RMSE; sensor sets in original units, ETTh2 / WEATHER on "
            "the normalised scale (docs/baselines.md). Regenerate with `python benchmarks/accuracy.py` "
-           f"(JSON: `{args.output.relative_to(REPO_ROOT) if args.output.is_relative_to(REPO_ROOT) else args.output}`).",
+           f"(JSON: `{_shown(args.output)}`)."
+           + (f" Column {args.previous_label}: the same commands with the earlier checkpoint (JSON: "
+              f"`{_shown(args.previous)}`)." if args.previous else ""),
            ""]
     if zero_jobs:
-        table, wins, total = zero_shot_table(zero_jobs)
+        table, wins, total = zero_shot_table(zero_jobs, previous, args.previous_label)
         out += ["### Zero-shot", ""] + table + [""]
         out.append(f"FactoST zero-shot beats the best baseline on **{wins} of {total}** sets measured. "
                    + "".join(f"Paper zero-shot {d}: {v} MAE. " for d, v in PAPER_ZERO_SHOT.items()))
         out += ["", "Commands:", ""] + commands_block(zero_jobs) + [""]
     if stat_jobs:
-        table, notes = statistical_table(stat_jobs)
+        table, notes = statistical_table(stat_jobs, previous, args.previous_label)
         out += ["### Zero-shot against the statistical baselines", "",
                 "AutoETS and AutoTheta (statsforecast, `pip install -e '.[baselines]'`) fit one model per window and "
                 "node on the same L input steps the model sees; season length: the longest natural period (week, "
@@ -462,7 +544,7 @@ def render(args: argparse.Namespace, zero_jobs, few_jobs, sweep, present: set[st
         out += ["Commands:", ""] + commands_block(stat_jobs) + [""]
     if few_jobs:
         out += ["### Few-shot (10 % of the train windows) against STID and the baselines", ""]
-        out += few_shot_table(few_jobs, zero_jobs) + [""]
+        out += few_shot_table(few_jobs, zero_jobs, previous, args.previous_label) + [""]
         out += ["Commands (each writes `WORKDIR/metrics.json`):", ""] + commands_block(few_jobs) + [""]
     if sweep:
         out += ["### Stage-2 options chosen by validation", "",
@@ -472,6 +554,11 @@ def render(args: argparse.Namespace, zero_jobs, few_jobs, sweep, present: set[st
         out += sweep_table(sweep) + ["", "Commands:", ""] + commands_block(sweep) + [""]
     out += paper_lines(present) + ["", END_MARKER]
     return "\n".join(out) + "\n"
+
+
+def _shown(path: pathlib.Path) -> pathlib.Path:
+    path = path.absolute()
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
 
 
 def write_docs(path: pathlib.Path, generated: str) -> None:
