@@ -16,11 +16,11 @@ from factost_jax.data.file_readers import (decode_ids, json_field, load_npz, num
                                            read_csv_file, read_dcrnn_adjacency, read_id_list, read_json_file,
                                            read_pandas_h5, read_pems_graph, read_pems_npz, require_file,
                                            square_adjacency)
+from factost_jax.data.graph import gaussian_kernel_adjacency, haversine_km
 from factost_jax.data.registry import PEMS_STARTS, DatasetInfo
 
 # NYCBIKE1's README gives the last hour of the rebuilt series (its windows end with Sep 2014).
 _NYCBIKE1_LAST_STEP = "2014-09-30 23:00"
-_EARTH_RADIUS_KM = 6371.0088
 
 
 class Series(NamedTuple):
@@ -119,25 +119,6 @@ def _read_los_loop(folder: pathlib.Path, info: DatasetInfo) -> Series:
     return Series(values[:, :, None], None, adjacency, node_ids, ("speed",), speed_path)
 
 
-def _haversine_km(lat_deg: np.ndarray, lon_deg: np.ndarray) -> np.ndarray:
-    """`[N, N]` great-circle distances in km between points given in degrees `[N]`."""
-    lat, lon = np.radians(lat_deg), np.radians(lon_deg)
-    half_dlat = (lat[:, None] - lat[None, :]) / 2
-    half_dlon = (lon[:, None] - lon[None, :]) / 2
-    a = np.sin(half_dlat) ** 2 + np.cos(lat)[:, None] * np.cos(lat)[None, :] * np.sin(half_dlon) ** 2
-    return 2 * _EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
-
-
-def _gaussian_kernel_adjacency(distances: np.ndarray, threshold: float = 0.1) -> np.ndarray:
-    """Thresholded Gaussian kernel `exp(-(d / std(d))^2)` of `[N, N]` distances, zero diagonal (as in GRIN/DCRNN)."""
-    off_diagonal = distances[~np.eye(len(distances), dtype=bool)]
-    scale = float(np.std(off_diagonal)) if off_diagonal.size else 1.0
-    weights = np.exp(-np.square(distances / max(scale, 1e-12)))
-    weights[weights < threshold] = 0.0
-    np.fill_diagonal(weights, 0.0)
-    return weights.astype(np.float32)
-
-
 def _read_aqi36(folder: pathlib.Path, info: DatasetInfo) -> Series:
     ground_path, location_path = folder / "pm25_ground.txt", folder / "pm25_latlng.txt"
     what = "a 'datetime' column then one PM2.5 column per station"
@@ -157,7 +138,7 @@ def _read_aqi36(folder: pathlib.Path, info: DatasetInfo) -> Series:
     if missing:
         raise ValueError(f"{location_path}: no location for station(s) {missing[:5]} of {ground_path.name}")
     lat_lon = np.array([coordinates[s] for s in node_ids])
-    adjacency = _gaussian_kernel_adjacency(_haversine_km(lat_lon[:, 0], lat_lon[:, 1]))
+    adjacency = gaussian_kernel_adjacency(haversine_km(lat_lon[:, 0], lat_lon[:, 1]))
     return Series(values[:, :, None], timestamps, adjacency, node_ids, ("pm25",), ground_path)
 
 

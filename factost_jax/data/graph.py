@@ -28,7 +28,7 @@ def haversine_km(lat_deg: np.ndarray, lon_deg: np.ndarray) -> np.ndarray:
 def gaussian_kernel_adjacency(distances: np.ndarray, threshold: float = KERNEL_THRESHOLD) -> np.ndarray:
     """Thresholded Gaussian kernel `exp(-(d / std(d))^2)` of `[N, N]` distances, zero diagonal.
 
-    The GRIN/DCRNN convention, as the AQI36 loader in `formats.py` applies it.
+    The GRIN/DCRNN convention; the AQI36 reader (`dataset_readers.py`) and user node files share it.
     """
     off_diagonal = distances[~np.eye(len(distances), dtype=bool)]
     scale = float(np.std(off_diagonal)) if off_diagonal.size else 1.0
