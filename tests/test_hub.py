@@ -38,7 +38,7 @@ def test_save_pretrained_round_trips_bitwise(shipped, tmp_path):
     loaded = Forecaster.from_pretrained(directory)
     assert_same_params(shipped, loaded)
     assert loaded.config == shipped.config and loaded.metadata["corpus"] == shipped.metadata["corpus"]
-    assert loaded.metadata["pretrain_context_length"] == 512 and loaded.max_context == shipped.max_context == 512
+    assert loaded.metadata["pretrain_context_length"] == 2048 and loaded.max_context == shipped.max_context == 2048
     np.testing.assert_array_equal(loaded.forecast(SERIES, 24).quantiles, shipped.forecast(SERIES, 24).quantiles)
     # Random float32 weights (not bf16-representable) round-trip bitwise when stored as float32.
     params = host_random_params(unbox(abstract_params(CONFIG)), seed=3, std=0.3)
@@ -125,9 +125,10 @@ def test_model_card_states_sizes_corpus_and_license(shipped, tmp_path):
     card = (shipped.save_pretrained(tmp_path / "card") / "README.md").read_text()
     assert card.startswith("---\nlicense: apache-2.0\nlibrary_name: factost-jax\npipeline_tag: time-series-forecasting\n")
     assert "| parameters | 4,378,928 |" in card and "| d_model / FFN / layers / heads | 256 / 1024 / 3 / 4 |" in card
-    assert "kernelsynth, ETTh1, ETTm1, EXCHANGE_RATE, ILLNESS, M4:hourly, M4:weekly, MONTEVIDEO_BUS, NYCBIKE1." in card
-    assert "| weights dtype | bfloat16 |" in card and "| training step | 1000 |" in card
-    assert "| pretrained on contexts up to | 512 steps (forecasts use at most this by default) |" in card
+    assert "kernelsynth, seasonal, ETTh1, ETTm1, EXCHANGE_RATE, ILLNESS, M4:hourly, M4:weekly, MONTEVIDEO_BUS, " \
+        "NYCBIKE1." in card
+    assert "| weights dtype | bfloat16 |" in card and "| training step | 1600 |" in card
+    assert "| pretrained on contexts up to | 2048 steps (forecasts use at most this by default) |" in card
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):

@@ -105,10 +105,10 @@ def test_end_to_end_synthetic_writes_json_and_docs(sanity, tmp_path, capsys):
     assert sanity.main(argv) == 0
     record = json.loads((tmp_path / "out" / "t1.json").read_text())
     assert record["label"] == "t1" and record["real"] is None and record["command"].endswith(" ".join(argv))
-    assert record["context_limits"]["trained"] == 512 and record["wall_s"]["total"] > 0
+    assert record["context_limits"]["trained"] == 2048 and record["wall_s"]["total"] > 0
     rows = record["synthetic"]
     assert [(r["family"], r["period"], r["context"], r["horizon"]) for r in rows] == [
-        ("sine", 24, 48, 24), ("sine", 24, 512, 24)]
+        ("sine", 24, 48, 24), ("sine", 24, 512, 24), ("sine", 24, 2048, 24)]
     for row in rows:
         assert row["ratio"] == pytest.approx(row["model_mae"] / row["reference_mae"])
         assert row["target"] == 1.2 and row["meets"] == (row["ratio"] <= 1.2)
