@@ -127,8 +127,8 @@ def make_pretrain_dataset(config: PretrainDataConfig, process_index: int = 0, pr
                           include_provenance: bool = False):
     """The infinite stage-1 training stream of this process.
 
-    Per component: source -> shuffle(seed) -> repeat -> random_map(window) -> [process_index::process_count];
-    components mixed by weight; batched to batch_size / process_count; F (and, with context buckets,
+    Per component: source -> shuffle(seed) -> repeat -> random_map(window); components mixed by weight,
+    then [process_index::process_count]; batched to batch_size / process_count; F (and, with context buckets,
     the width W) drawn per batch index. Batch k of every process comes from the same global step k,
     so F and W agree across processes.
 
@@ -151,10 +151,12 @@ def make_pretrain_dataset(config: PretrainDataConfig, process_index: int = 0, pr
                   .repeat()
                   .random_map(_TrainingWindow(config, component_id),
                               seed=derive_seed(config.seed, TAG_WINDOW, component.name)))
-        # Sharding by element index before batching makes the processes' shards disjoint.
-        streams.append(stream[process_index::process_count])
+        streams.append(stream)
         weights.append(component.weight)
     mixed = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
+    # Sharding the MIXED stream by element index (lazily: a process builds only its own windows)
+    # makes the processes' batches k together exactly the single-process batch k, whatever the weights.
+    mixed = mixed[process_index::process_count]
     batches = (mixed.batch(config.batch_size // process_count, drop_remainder=True)
                .map_with_index(_FinalizeBatch(config, include_provenance)))
     dataset = batches.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
