@@ -14,7 +14,8 @@ Spec keys:
   model (a size of MODEL_SIZES), phase ("train" | "infer"), batch, context, output_patches,
   warmup, repeats, dtype ("float32" | "bfloat16" | "auto": bfloat16 on a GPU, float32 on CPU),
   seed, jax_variant (for plain "jax"), torch_freezing (bool, inductor weight freezing for plain
-  "torch_compile" inference; "torch_compile@freezing" always freezes).
+  "torch_compile" inference; "torch_compile@freezing" always freezes), torch_compile_backend
+  (default "inductor"; "eager" only traces with dynamo, for smoke tests that must take seconds).
   memory_only (bool): one framework, warmup + 1 call, reports only its peak memory. On CPU the
     peak RSS is per process, so a framework's own peak needs a process of its own.
 
@@ -236,6 +237,7 @@ def build_torch(spec: dict[str, Any], compiled: bool, freezing: bool = False) ->
     levels = torch.tensor(config.quantile_levels, dtype=torch.float32, device=device)
     num_patches = workload.output_patches
     freezing = freezing and compiled and workload.phase == "infer"
+    backend = spec.get("torch_compile_backend", "inductor")
     if compiled:
         import torch._inductor.config as inductor_config
 
@@ -259,7 +261,7 @@ def build_torch(spec: dict[str, Any], compiled: bool, freezing: bool = False) ->
                 quantiles = model(context, mask, num_patches)
             return ref.pinball_loss(quantiles.float(), target, levels, target_mask)
 
-        loss_impl = torch.compile(loss_fn) if compiled else loss_fn
+        loss_impl = torch.compile(loss_fn, backend=backend) if compiled else loss_fn
         try:
             optimizer = torch.optim.AdamW(
                 model.parameters(), lr=ADAMW["lr"], weight_decay=ADAMW["weight_decay"], fused=True
@@ -287,7 +289,7 @@ def build_torch(spec: dict[str, Any], compiled: bool, freezing: bool = False) ->
             with autocast():
                 return model(context, mask, num_patches)
 
-        forward_impl = torch.compile(forward) if compiled else forward
+        forward_impl = torch.compile(forward, backend=backend) if compiled else forward
 
         def run_once() -> None:
             with torch.no_grad():
@@ -313,6 +315,7 @@ def build_torch(spec: dict[str, Any], compiled: bool, freezing: bool = False) ->
         "torch_threads": torch.get_num_threads(),
         "optimizer_impl": optimizer_impl,
         "inductor_freezing": freezing if compiled else None,
+        "torch_compile_backend": backend if compiled else None,
     }
     return Runner(run_once, config, compile_s, info, peak_memory_mb)
 
@@ -346,7 +349,10 @@ def _error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".splitlines()[0][:500]
 
 
-def _summary(workload: common.Workload, runner: Runner, times: list[float]) -> dict[str, Any]:
+def _summary(
+    workload: common.Workload, runner: Runner, times: list[float], device_peak_mb: float | None = None
+) -> dict[str, Any]:
+    """Rates, FLOPs and (on an accelerator) MFU and `device_peak_mb`, the framework's own peak."""
     config = runner.config
     step_s = common.median(times)
     flops = common.flops_per_window(config, workload)
@@ -364,8 +370,7 @@ def _summary(workload: common.Workload, runner: Runner, times: list[float]) -> d
     if runner.info["device"] != "cpu":
         peak_flops = common.device_peak_flops(runner.info["device"], runner.info["dtype"])
         result["mfu"] = None if peak_flops is None else result["gflops_per_s"] * 1e9 / peak_flops
-        memory = runner.peak_memory_mb()
-        result.update(peak_mem_mb=None if memory is None else round(memory, 1), mem_kind="device_peak")
+        result.update(peak_mem_mb=None if device_peak_mb is None else round(device_peak_mb, 1), mem_kind="device_peak")
     return result
 
 
@@ -379,6 +384,30 @@ def _import_frameworks(frameworks: list[str]) -> None:
         import torch  # noqa: F401
 
         import benchmarks.reference_torch  # noqa: F401
+
+
+def device_memory_mark_mb(framework: str) -> float | None:
+    """Device memory `framework`'s allocator holds now (MiB), resetting its peak where the library can.
+
+    Taken before a framework is built, so that its peak after the warm-up minus this mark is its own
+    peak even with other frameworks' buffers alive in the process: torch's peak is reset here; JAX's
+    cannot be, so its figure is exact for the first JAX program of a process (the speed workers build
+    one, first). None on CPU.
+    """
+    if framework.startswith("jax"):
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform == "cpu":
+            return None
+        return (device.memory_stats() or {}).get("bytes_in_use", 0) / 2**20
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated() / 2**20
 
 
 def measure_models(spec: dict[str, Any]) -> dict[str, Any]:
@@ -398,14 +427,18 @@ def measure_models(spec: dict[str, Any]) -> dict[str, Any]:
     runners: dict[str, Runner] = {}
     results: dict[str, dict[str, Any]] = {}
     first_peak_mb = None
+    device_peaks: dict[str, float | None] = {}
     for position, name in enumerate(frameworks):
         if position == 0:
             reset = common.reset_peak_rss()
             baseline_kb = common.read_memory_kb().get("VmRSS", 0)
         try:
+            mark = device_memory_mark_mb(name)
             runners[name] = build(name, spec)
             for _ in range(spec["warmup"]):
                 runners[name].run_once()
+            peak = runners[name].peak_memory_mb()
+            device_peaks[name] = None if peak is None or mark is None else peak - mark
         except Exception as err:  # a failing framework is a result to record, never a crash of the others
             results[name] = {"error": _error_text(err), "traceback": traceback.format_exc()[-3000:]}
         if position == 0 and reset:
@@ -416,7 +449,7 @@ def measure_models(spec: dict[str, Any]) -> dict[str, Any]:
         for name, runner in runners.items():
             times[name].extend(common.time_calls(runner.run_once, 0, 1, time.perf_counter))
     for name, runner in runners.items():
-        results[name] = _summary(workload, runner, times[name])
+        results[name] = _summary(workload, runner, times[name], device_peaks.get(name))
     first = frameworks[0]
     if first_peak_mb is not None and first in runners and results[first].get("mem_kind") != "device_peak":
         results[first].update(peak_mem_mb=round(first_peak_mb, 1), mem_kind="host_rss_delta (built first)")
