@@ -41,10 +41,14 @@ $(BENCH_STAMP): $(TORCH_STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench,baselines]' --extra-index-url https://download.pytorch.org/whl/cpu
 	touch $(BENCH_STAMP)
 
+# Speed against PyTorch + stage-2 scaling (run.py), zero-shot throughput against statsforecast
+# (forecast_speed.py), then perf_report.py writes their tables and the targets into docs/performance.md.
 # The capability benchmark's quick run prints its table; its JSON goes to a folder of its own and the
 # docs keep the full runs (python benchmarks/sanity.py --label vN rewrites those).
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run.py --quick --output benchmarks/results
+	$(PY) benchmarks/forecast_speed.py --quick --output benchmarks/results
+	$(PY) benchmarks/perf_report.py --results benchmarks/results --docs docs/performance.md
 	$(PY) benchmarks/accuracy.py --quick
 	$(PY) benchmarks/sanity.py --quick --output benchmarks/results/sanity/quick --docs ''
 
