@@ -18,8 +18,8 @@ import numpy as np
 # activation buffers of each step are reused instead of being mapped and unmapped (page faults).
 GLIBC_TUNABLES_BEST = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184:glibc.malloc.arena_max=1"
 
-# JAX settings applied per compilation (`.compile(compiler_options=...)`), so that variants can be
-# timed side by side in one process. "ynn_*" choose which ops XLA:CPU hands to YNNPACK (jaxlib
+# JAX settings applied per compilation (`.compile(compiler_options=...)`) or per traced model
+# (`unroll`), so that variants can be timed side by side in one process. "ynn_*" choose which ops XLA:CPU hands to YNNPACK (jaxlib
 # 0.10's default fuses dots together with neighbouring elementwise ops and reductions); "rbg" draws
 # dropout masks with the RBG generator instead of threefry (cheaper on CPU, a different stream).
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
@@ -30,6 +30,8 @@ JAX_VARIANTS: dict[str, dict[str, Any]] = {
     "ynn_off": {"compiler_options": {YNN_OPTION: "LIBRARY_FUSION_TYPE_INVALID"}},
     "rbg": {"prng_impl": "rbg"},
     "ynn_dot_rbg": {"compiler_options": {YNN_OPTION: "LIBRARY_FUSION_TYPE_DOT"}, "prng_impl": "rbg"},
+    # The layers under nn.scan instead of unrolled (EncoderStack.unroll, the CPU default): what unrolling buys.
+    "scan": {"unroll": False},
     # Smoke runs only (benchmarks/gpu_pass.py --smoke): LLVM at -O0 compiles the debug training step
     # 3x faster (11 s against 33 s at load 7), and a smoke run times nothing worth keeping.
     "fast_compile": {"compiler_options": {"xla_backend_optimization_level": 0,
@@ -175,11 +177,13 @@ def device_peak_flops(device_kind: str, dtype: str) -> float | None:
 
 
 def jax_variant(name: str) -> dict[str, Any]:
-    """{"compiler_options": {...}, "prng_impl": str | None} of a named JAX variant (see JAX_VARIANTS)."""
+    """{"compiler_options": {...}, "prng_impl": str | None, "unroll": bool | None} of a named JAX variant
+    (see JAX_VARIANTS); unroll None is the model's default."""
     if name not in JAX_VARIANTS:
         raise ValueError(f"unknown JAX variant {name!r}; expected one of {sorted(JAX_VARIANTS)}")
     variant = JAX_VARIANTS[name]
-    return {"compiler_options": dict(variant.get("compiler_options", {})), "prng_impl": variant.get("prng_impl")}
+    return {"compiler_options": dict(variant.get("compiler_options", {})), "prng_impl": variant.get("prng_impl"),
+            "unroll": variant.get("unroll")}
 
 
 def worker_env(settings: Mapping[str, Any], base_env: Mapping[str, str] | None = None) -> dict[str, str]:

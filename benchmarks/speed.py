@@ -82,14 +82,14 @@ def _workload(spec: dict[str, Any]) -> common.Workload:
 # ----------------------------------------------------------------------------- JAX
 
 
-def make_jax_loss(config: Any, num_output_patches: int) -> Callable[..., Any]:
+def make_jax_loss(config: Any, num_output_patches: int, unroll: bool | None = None) -> Callable[..., Any]:
     """`loss_fn(params, batch, rng, deterministic) -> (pinball loss, {})`, the task interface of train/steps.py."""
     import numpy as np
 
     from factost_jax.metrics import pinball_loss
     from factost_jax.model.encoder import Encoder
 
-    model = Encoder(config)
+    model = Encoder(config, unroll=unroll)
     levels = np.asarray(config.quantile_levels, np.float32)
 
     def loss_fn(params, batch, rng, deterministic):
@@ -121,8 +121,8 @@ def jax_train_config() -> SimpleNamespace:
 def build_jax(spec: dict[str, Any], variant: str = "default") -> Runner:
     """The project's own train step (factost_jax.train) or jitted forward (encoder.jitted_apply).
 
-    `variant` names an entry of common.JAX_VARIANTS: XLA compiler options for this compilation and
-    the PRNG of the dropout key. CPU-only options are dropped on an accelerator.
+    `variant` names an entry of common.JAX_VARIANTS: XLA compiler options for this compilation, the
+    PRNG of the dropout key and the layer stack's unroll. CPU-only options are dropped on an accelerator.
     """
     import jax
 
@@ -147,7 +147,7 @@ def build_jax(spec: dict[str, Any], variant: str = "default") -> Runner:
     batch = jax.device_put(common.synthetic_batch(workload, spec.get("seed", 0)))
 
     if workload.phase == "train":
-        loss_fn = make_jax_loss(config, num_patches)
+        loss_fn = make_jax_loss(config, num_patches, settings["unroll"])
         optimizer = make_optimizer(jax_train_config())
         holder = {"state": TrainState.create(params, optimizer)}
         rng = jax.random.key(1, impl=settings["prng_impl"])
@@ -166,10 +166,12 @@ def build_jax(spec: dict[str, Any], variant: str = "default") -> Runner:
 
     else:
         context, mask = batch["context"], batch["context_mask"]
+        forward = enc.jitted_apply(config)  # the Forecaster's program, unless a variant changes the model
+        if settings["unroll"] is not None:
+            model = enc.Encoder(config, unroll=settings["unroll"])
+            forward = jax.jit(lambda p, c, m, f: model.apply({"params": p}, c, m, f, True), static_argnums=3)
         start = time.perf_counter()
-        program = (
-            enc.jitted_apply(config).lower(params, context, mask, num_patches).compile(compiler_options=options or None)
-        )
+        program = forward.lower(params, context, mask, num_patches).compile(compiler_options=options or None)
         compile_s = time.perf_counter() - start
 
         def run_once() -> None:

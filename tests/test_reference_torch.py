@@ -187,7 +187,8 @@ def test_worker_env_applies_settings_and_drops_simulated_devices():
 
 
 def test_jax_variants_are_known_and_reject_typos():
-    assert common.jax_variant("default") == {"compiler_options": {}, "prng_impl": None}
+    assert common.jax_variant("default") == {"compiler_options": {}, "prng_impl": None, "unroll": None}
+    assert common.jax_variant("scan")["unroll"] is False
     assert common.jax_variant("ynn_dot_rbg")["prng_impl"] == "rbg"
     with pytest.raises(ValueError, match="unknown JAX variant 'ynn_fast'"):
         common.jax_variant("ynn_fast")
