@@ -5,10 +5,11 @@
     adapted.save("runs/my_network")                 # Forecaster.load / launch/evaluate.py --checkpoint accept it
 
 This is `launch/adapt.py --config configs/adapt.py:custom` in three lines: the same `custom` config
-(its CPU-sized defaults, every field overridable through `overrides`), the same task, loop, early
-stopping and test evaluation (`train/stage2.py`), on the DataFrame read by `data/user_files.py` with
-the same checks. It sits above `forecast.py` and `train/` (it joins both); `Forecaster.fit` imports
-it lazily.
+(`train/adapt_defaults.py`, its CPU-sized defaults, every field overridable through `overrides`),
+the same task, loop, early stopping and test evaluation (`train/stage2.py`), on the DataFrame read by
+`data/user_files.py` with the same checks. The forecast room stands on the training floor
+(docs/architecture.md), so this module imports training directly; `forecast.py` imports this module
+only inside `Forecaster.fit` / `.save`, so a forecast does not load the training stack.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import numpy as np
 
 from factost_jax import checkpoint as ckpt_io
 from factost_jax.data.user_files import OPTION_FIELDS, FileSourceOptions, dataset_from_frame
+from factost_jax.forecast import Forecaster
+from factost_jax.train.adapt_defaults import custom_adapt_config
+from factost_jax.train.stage2 import make_task, run_adaptation, validate_adapt_config
 
 DATAFRAME_NAME = "DataFrame"
 
@@ -44,9 +48,7 @@ def build_fit_config(horizon: int, input_len: int, init_from: str, train: Mappin
                      overrides: Mapping[str, Any] | None) -> Any:
     """The `custom` adapt config for a DataFrame: file options cleared (the frame is read here), the
     given training knobs and any dotted `overrides` ({"adapter.dropout": 0.1, ...}) applied."""
-    from factost_jax.configs.adapt import get_config
-
-    config = get_config("custom")
+    config = custom_adapt_config()
     config.dataset = DATAFRAME_NAME
     config.input_len, config.horizon, config.init_from = input_len, horizon, init_from
     for name in OPTION_FIELDS:
@@ -69,9 +71,6 @@ def fit_forecaster(forecaster: Any, df: Any, *, horizon: int, input_len: int, op
     metrics (the `launch/evaluate.py` layout) and `["node_ids"]` the sensor order. The run (checkpoints,
     metrics.jsonl, metrics.json) lives in `workdir`, a fresh temporary directory when None.
     """
-    from factost_jax.forecast import Forecaster
-    from factost_jax.train.stage2 import make_task, run_adaptation, validate_adapt_config
-
     if forecaster.path is None:
         raise ValueError("fit starts from a checkpoint on disk: load the stage-1 model with Forecaster.load(...)")
     dataset = dataset_from_frame(df, options, name=DATAFRAME_NAME)

@@ -132,3 +132,21 @@ def test_network_order():
         network_order(("x", "y", "z"), None, 2)
     with pytest.raises(ValueError, match=r"sensors the model does not know \['z'\]"):
         network_order(("a", "b", "z"), ["a", "b"], 2)
+
+
+def test_fit_builds_the_launchers_custom_config():
+    """Forecaster.fit and `launch/adapt.py --config configs/adapt.py:custom` start from one config: fit's
+    differs only in what it sets (the frame as dataset, no file options, its training knobs)."""
+    from factost_jax.configs.adapt import get_config
+    from factost_jax.data.user_files import OPTION_FIELDS
+    from factost_jax.fit import DATAFRAME_NAME, build_fit_config
+
+    knobs, overrides = {"train.steps": 3, "data.batch_size": None}, {"adapter.dropout": 0.1}
+    fit = build_fit_config(4, 8, "/ckpt", knobs, overrides)
+    launcher = get_config("custom")
+    launcher.dataset, launcher.input_len, launcher.horizon, launcher.init_from = DATAFRAME_NAME, 8, 4, "/ckpt"
+    for name in OPTION_FIELDS:
+        launcher.data[name] = None
+    launcher.train.steps, launcher.adapter.dropout = 3, 0.1
+    assert fit.to_dict() == launcher.to_dict()
+    assert fit.data.batch_size == launcher.data.batch_size == 8  # a None knob keeps the custom default
