@@ -33,6 +33,10 @@ zero prompt tokens then take attention mass, so step-0 equivalence does not hold
 Size (tiny backbone, PEMS04: N = 307, tod 24 + dow 7): STMF + STF 60,742, DSPA 66,051, prompt
 gates 12, CPR 263,168 (the effective form; spec §3.3's ~534k counts CPR's query tables and W_q, W_k,
 which cannot affect the output) -> 389,973 adapter parameters on top of the 4,378,928 backbone.
+
+Files: `adapter_config.py` (AdapterConfig), `adapter_modules.py` (CPR, STMF/STF, DSPA: the "adapter"
+subtree), `adapter_params.py` (grafting, trainable masks); this one holds the model, its input
+helpers and the compiled init / forecast. Their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -48,7 +52,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from factost_jax.model.config import TRAINABLE_CHOICES, ModelConfig
+from factost_jax.model.adapter_config import PROMPT_ATTENTION_CHOICES, AdapterConfig
+from factost_jax.model.adapter_modules import (
+    NODE_AXES,
+    CyclicPrototypeRefinement,
+    DomainPrompts,
+    SpatioTemporalContext,
+    STAdapter,
+)
+from factost_jax.model.adapter_params import ADAPTER_KEY, STAGE1_KEYS, graft_stage1_params, trainable_mask
+from factost_jax.model.config import ModelConfig
 from factost_jax.model.encoder import (
     EncoderStack,
     QuantileHead,
@@ -59,12 +72,13 @@ from factost_jax.model.encoder import (
     unbox,
 )
 
+__all__ = ["ADAPTER_KEY", "NODE_AXES", "PROMPT_ATTENTION_CHOICES", "REVIN_EPS", "STAGE1_KEYS", "AdapterConfig",
+           "CyclicPrototypeRefinement", "DomainPrompts", "STAdapter", "STAdapterModel", "SpatioTemporalContext",
+           "adapter_predict", "calendar_slots", "check_adapter_inputs", "graft_stage1_params", "init_adapter_params",
+           "jitted_adapter_apply", "patch_calendar", "revin", "trainable_mask"]
+
 Params = Any
 
-STAGE1_KEYS: tuple[str, ...] = ("token_embed", "reg_token", "stack", "head")
-ADAPTER_KEY = "adapter"
-PROMPT_ATTENTION_CHOICES: tuple[str, ...] = ("zero_gated", "joint")
-NODE_AXES = ("batch", "nodes", "length", "embed")
 REVIN_EPS = 1e-5
 
 
@@ -90,124 +104,9 @@ def calendar_slots(time_of_day_slot, steps_per_day: int, cycle: int = 24):
     return ((slot % steps_per_day) * cycle // steps_per_day % cycle).astype(xp.int32)
 
 
-# --------------------------------------------------------------------------- configuration
-
-
-@dataclasses.dataclass(frozen=True)
-class AdapterConfig:
-    """Hyper-parameters of the spatio-temporal adapter (spec §3.3, tiny_4sta profile defaults).
-
-    Attributes:
-      num_nodes: N, rows of the node-embedding table; the data must have exactly N nodes.
-      calendar_features: (name, cycle) pairs; the slot the data gives for `name` is taken mod
-        `cycle`. Names are keys of the calendar dicts passed to the model (see `calendar_slots`
-        for mapping 5-minute time-of-day slots to hours).
-      embedding_dim: E, width of the node and calendar embeddings (32).
-      num_prompt_tokens: DSPA prompt tokens prepended to every sequence (3).
-      max_delay: K, time lags (in patches) of the delayed affinity S_d (3).
-      num_prototypes: M, latent prototypes of S_d (32).
-      use_st_metadata: STMF (node + calendar context I_st); STF needs it.
-      use_cpr: the per-feature residual refinement (CPR).
-      use_st_filtering: STF gating of I_st.
-      use_prompts: DSPA prompts.
-      outer_revin: non-affine RevIN per (batch, node) around the whole model (eps 1e-5).
-      dropout: dropout rate of the adapted model: the backbone's dropout sites run at this rate in
-        stage 2 instead of ModelConfig.dropout (the tiny_4sta profile's "dropout 0.2"; params are
-        unaffected, so grafting is unchanged).
-      cpr_num_heads / cpr_dropout: CPR's attention heads and attention-probability dropout (4, 0.5).
-        With a single key the probability is 1, so dropout zeroes (or doubles) W_v z per head.
-      prompt_attention: "zero_gated" (default; step-0 equivalent, see module docstring) or "joint"
-        (spec-literal: prompts inside the same softmax, u initialised to 0).
-    """
-
-    num_nodes: int
-    calendar_features: tuple[tuple[str, int], ...] = (("time_of_day", 24), ("day_of_week", 7))
-    embedding_dim: int = 32
-    num_prompt_tokens: int = 3
-    max_delay: int = 3
-    num_prototypes: int = 32
-    use_st_metadata: bool = True
-    use_cpr: bool = True
-    use_st_filtering: bool = True
-    use_prompts: bool = True
-    outer_revin: bool = True
-    dropout: float = 0.2
-    cpr_num_heads: int = 4
-    cpr_dropout: float = 0.5
-    prompt_attention: str = "zero_gated"
-
-    def __post_init__(self) -> None:
-        # JSON hands back lists; tuples keep the config hashable (it is a static module field).
-        features = self.calendar_features
-        if isinstance(features, Mapping):
-            features = tuple(features.items())
-        if isinstance(features, list | tuple):
-            features = tuple(tuple(pair) if isinstance(pair, list | tuple) else pair for pair in features)
-        object.__setattr__(self, "calendar_features", features)
-        self.validate()
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.calendar_features)
-
-    def validate(self) -> None:
-        """Raises ValueError naming the first field that is out of range."""
-        for name in ("num_nodes", "embedding_dim", "num_prompt_tokens", "max_delay", "num_prototypes",
-                     "cpr_num_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"AdapterConfig.{name} must be a positive int, got {value!r}")
-        for name in ("use_st_metadata", "use_cpr", "use_st_filtering", "use_prompts", "outer_revin"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"AdapterConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        for name in ("dropout", "cpr_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-                raise ValueError(f"AdapterConfig.{name} must be in [0, 1), got {value!r}")
-        if self.prompt_attention not in PROMPT_ATTENTION_CHOICES:
-            raise ValueError(
-                f"AdapterConfig.prompt_attention must be one of {PROMPT_ATTENTION_CHOICES}, "
-                f"got {self.prompt_attention!r}"
-            )
-        if not isinstance(self.calendar_features, tuple):
-            raise ValueError(
-                f"AdapterConfig.calendar_features must be (name, cycle) pairs, got {self.calendar_features!r}"
-            )
-        for pair in self.calendar_features:
-            if (not isinstance(pair, tuple) or len(pair) != 2 or not isinstance(pair[0], str) or not pair[0]
-                    or isinstance(pair[1], bool) or not isinstance(pair[1], int | np.integer) or pair[1] < 1):
-                raise ValueError(
-                    f"AdapterConfig.calendar_features entries must be (name: str, cycle: int >= 1), got {pair!r}"
-                )
-        names = self.feature_names
-        if len(set(names)) != len(names):
-            raise ValueError(f"AdapterConfig.calendar_features has duplicate names: {names}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict that `from_dict` turns back into an equal config."""
-        out = dataclasses.asdict(self)
-        out["calendar_features"] = [[name, int(cycle)] for name, cycle in self.calendar_features]
-        return out
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> AdapterConfig:
-        """Builds a validated config; unknown or missing required keys raise ValueError naming them."""
-        if not isinstance(values, Mapping):
-            raise ValueError(f"AdapterConfig.from_dict expects a dict, got {type(values).__name__}")
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"AdapterConfig got unknown keys {unknown}; known keys are {sorted(known)}")
-        if "num_nodes" not in values:
-            raise ValueError("AdapterConfig is missing required key 'num_nodes'")
-        return cls(**values)
-
-
 def _backbone_config(model_config: ModelConfig, adapter_config: AdapterConfig) -> ModelConfig:
+    # Stage 2 runs the backbone's dropout sites at the adapter's rate; parameters are unaffected.
     return dataclasses.replace(model_config, dropout=float(adapter_config.dropout))
-
-
-# --------------------------------------------------------------------------- pure helpers
 
 
 def revin(values: jax.Array, observed: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -249,202 +148,6 @@ def patch_calendar(context_slots: jax.Array, future_slots: jax.Array, patch_size
     context_patch_slots = padded[:, ::patch_size]
     future_patch_slots = future_slots[:, : num_future_patches * patch_size : patch_size]
     return jnp.concatenate([context_patch_slots, future_patch_slots], axis=1).astype(jnp.int32)
-
-
-def _shift_patches(x: jax.Array, lag: int) -> jax.Array:
-    """x^{(-lag)}: x delayed by `lag` patches along axis 2 of [B, N, S, d], zeros shifted in."""
-    return jnp.pad(x, ((0, 0), (0, 0), (lag, 0), (0, 0)))[:, :, : x.shape[2]]
-
-
-# --------------------------------------------------------------------------- adapter modules
-
-
-def _init(init_fn, names: tuple[str | None, ...]):
-    return nn.with_logical_partitioning(init_fn, names)
-
-
-def _dense(features: int, in_name: str, out_name: str, name: str, zero: bool = False) -> nn.Dense:
-    kernel_init = nn.initializers.zeros_init() if zero else nn.initializers.xavier_uniform()
-    return nn.Dense(
-        features,
-        kernel_init=_init(kernel_init, (in_name, out_name)),
-        bias_init=_init(nn.initializers.zeros_init(), (out_name,)),
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        name=name,
-    )
-
-
-class CyclicPrototypeRefinement(nn.Module):
-    """CPR in its effective form: z <- z + W_o(Dropout(W_v z + b_v)) + b_o, once per calendar feature.
-
-    The reference runs, per feature f, a 4-head MHA whose query is a learnable table Q_f[slot] and
-    whose key/value set is the single token z itself. A softmax over one key is identically 1, so
-    the query table Q_f and the W_q/W_k projections have no effect on the output or on any gradient;
-    they are omitted. What remains is W_v, W_o with biases (2d^2 + 2d per feature: 263,168 for the
-    tiny size with tod + dow, instead of ~534k in spec §3.3). Attention-probability dropout on the
-    single weight drops (or rescales) W_v z per head. W_o and b_o start at 0, so CPR starts as the
-    identity and W_o receives the gradient (W_v z + b_v) at step 0.
-
-    Shapes: z [B, N, S, d] -> [B, N, S, d].
-    """
-
-    feature_names: tuple[str, ...]
-    num_heads: int
-    dropout: float
-
-    @nn.compact
-    def __call__(self, z: jax.Array, deterministic: bool) -> jax.Array:
-        d_model = z.shape[-1]
-        if d_model % self.num_heads:
-            raise ValueError(
-                f"CPR: d_model {d_model} must be divisible by AdapterConfig.cpr_num_heads {self.num_heads}"
-            )
-        for name in self.feature_names:
-            value = _dense(d_model, "embed", "cpr_hidden", f"{name}_value")(z)
-            value = value.reshape(*value.shape[:-1], self.num_heads, d_model // self.num_heads)
-            value = nn.Dropout(self.dropout, broadcast_dims=(value.ndim - 1,))(value, deterministic=deterministic)
-            value = value.reshape(*value.shape[:-2], d_model)
-            z = z + _dense(d_model, "cpr_hidden", "embed", f"{name}_out", zero=True)(value)
-            z = nn.with_logical_constraint(z, NODE_AXES)
-        return z
-
-
-class SpatioTemporalContext(nn.Module):
-    """STMF (+ STF): the per-(node, patch) metadata context I_st added to every token.
-
-    STMF: I_st[b, n, p] = Linear_{(1+n_feat)*E -> d}(concat[E_node[n], E_f[slot_f[b, p]] ...]),
-    evaluated as W_node E_node[n] + sum_f W_f E_f[slot] + b (the same Linear, split by input block,
-    so nothing of size N x patches x (1+n_feat)*E is built). The reference averages over the patch
-    length, but the slot is constant inside a patch, so the mean is the value itself. The Linear is
-    zero-initialised, so I_st = 0 at init.
-
-    STF (when `use_filtering`):
-      S_s = <I_st, node_proj(E_node[n])>,  S_t = <I_st, temporal_proj(sum_f E_f[slot_f])>,
-      S_d = sum_k softplus(gamma_k) <I_st, softmax(I_st^{(-k)} M^T) M>,  k = 1..K,
-    with I_st^{(-k)} delayed by k patches (zeros shifted in) and prototypes M [n_proto, d];
-    w = softmax([a_s, a_t, a_d]) (a = 0 at init); I_st <- I_st * sigmoid(w_s S_s + w_t S_t + w_d S_d).
-    gamma starts at 1 (the reference's later uniform re-init is not recoverable; see spec §3.2).
-
-    Shapes: slots {name: [B, S] int (already mod cycle)}, batch B, num_tokens S -> I_st [B, N, S, d].
-    """
-
-    num_nodes: int
-    calendar_features: tuple[tuple[str, int], ...]
-    embedding_dim: int
-    d_model: int
-    max_delay: int
-    num_prototypes: int
-    use_filtering: bool
-
-    @nn.compact
-    def __call__(self, slots: Mapping[str, jax.Array], batch: int, num_tokens: int) -> jax.Array:
-        width, d_model = self.embedding_dim, self.d_model
-        num_features = len(self.calendar_features)
-        node_table = self.param("node_embed", _init(nn.initializers.xavier_uniform(), ("nodes", "adapter_embed")),
-                                (self.num_nodes, width), jnp.float32)
-        calendar_embeds = [
-            self.param(f"{name}_embed", _init(nn.initializers.xavier_uniform(), ("calendar", "adapter_embed")),
-                       (cycle, width), jnp.float32)[slots[name]]
-            for name, cycle in self.calendar_features
-        ]  # each [B, S, E]
-        kernel = self.param("stmf_kernel", _init(nn.initializers.zeros_init(), ("adapter_in", "embed")),
-                            ((1 + num_features) * width, d_model), jnp.float32)
-        bias = self.param("stmf_bias", _init(nn.initializers.zeros_init(), ("embed",)), (d_model,), jnp.float32)
-        node_part = node_table @ kernel[:width]  # [N, d]
-        calendar_part = jnp.broadcast_to(bias, (batch, num_tokens, d_model))
-        for i, embed in enumerate(calendar_embeds):
-            calendar_part = calendar_part + embed @ kernel[(1 + i) * width:(2 + i) * width]  # [B, S, d]
-        context = node_part[None, :, None, :] + calendar_part[:, None]  # [B, N, S, d]
-        context = nn.with_logical_constraint(context, NODE_AXES)
-        if not self.use_filtering:
-            return context
-
-        node_key = _dense(d_model, "adapter_embed", "embed", "node_proj")(node_table)  # [N, d]
-        spatial = jnp.einsum("bnsd,nd->bns", context, node_key)
-        calendar_sum = sum(calendar_embeds) if calendar_embeds else jnp.zeros((batch, num_tokens, width), jnp.float32)
-        temporal_key = _dense(d_model, "adapter_embed", "embed", "temporal_proj")(calendar_sum)  # [B, S, d]
-        temporal = jnp.einsum("bnsd,bsd->bns", context, temporal_key)
-        prototypes = self.param("prototypes", _init(nn.initializers.xavier_uniform(), ("prototypes", "embed")),
-                                (self.num_prototypes, d_model), jnp.float32)
-        delay_logits = self.param("delay_weights", _init(nn.initializers.ones_init(), ("delays",)),
-                                  (self.max_delay,), jnp.float32)
-        delay_weights = nn.softplus(delay_logits)
-        delayed = 0.0
-        for lag in range(1, self.max_delay + 1):
-            lagged = _shift_patches(context, lag)
-            assignment = jax.nn.softmax(jnp.einsum("bnsd,md->bnsm", lagged, prototypes), axis=-1)
-            summary = jnp.einsum("bnsm,md->bnsd", assignment, prototypes)
-            delayed = delayed + delay_weights[lag - 1] * jnp.sum(context * summary, axis=-1)
-        filter_logits = self.param("filter_logits", _init(nn.initializers.zeros_init(), ("filters",)),
-                                   (3,), jnp.float32)
-        w_s, w_t, w_d = jax.nn.softmax(filter_logits)
-        gate = nn.sigmoid(w_s * spatial + w_t * temporal + w_d * delayed)  # [B, N, S]
-        return nn.with_logical_constraint(context * gate[..., None], NODE_AXES)
-
-
-class DomainPrompts(nn.Module):
-    """DSPA: rank-1 prompts P = domain_adapter(u v), u [n_tok, 1], v [1, d], Linear(d, d) (xavier, 0 bias).
-
-    `zero_init_u`: the spec's u = 0 (prompts exactly 0 at init), used by prompt_attention="joint".
-    Otherwise u ~ N(0, 0.02) so the zero-initialised prompt gate receives a gradient at step 0.
-    Returns [n_tok, d].
-    """
-
-    num_tokens: int
-    d_model: int
-    zero_init_u: bool
-
-    @nn.compact
-    def __call__(self) -> jax.Array:
-        u_init = nn.initializers.zeros_init() if self.zero_init_u else nn.initializers.normal(stddev=0.02)
-        u = self.param("u", _init(u_init, ("prompts", "prompt_rank")), (self.num_tokens, 1), jnp.float32)
-        v = self.param("v", _init(nn.initializers.uniform(scale=1.0), ("prompt_rank", "embed")),
-                       (1, self.d_model), jnp.float32)
-        return _dense(self.d_model, "prompt_hidden", "embed", "domain_adapter")(u @ v)
-
-
-class STAdapter(nn.Module):
-    """Every stage-2 weight (the "adapter" subtree): CPR, STMF/STF, DSPA prompts and prompt gates."""
-
-    model_config: ModelConfig
-    adapter_config: AdapterConfig
-
-    def setup(self) -> None:
-        mcfg, acfg = self.model_config, self.adapter_config
-        if acfg.use_cpr:
-            self.cpr = CyclicPrototypeRefinement(acfg.feature_names, acfg.cpr_num_heads, acfg.cpr_dropout)
-        if acfg.use_st_metadata:
-            self.st_context = SpatioTemporalContext(
-                acfg.num_nodes, acfg.calendar_features, acfg.embedding_dim, mcfg.d_model, acfg.max_delay,
-                acfg.num_prototypes, acfg.use_st_filtering,
-            )
-        if acfg.use_prompts:
-            self.prompts = DomainPrompts(acfg.num_prompt_tokens, mcfg.d_model,
-                                         zero_init_u=acfg.prompt_attention == "joint")
-            if acfg.prompt_attention == "zero_gated":
-                self.prompt_gate = self.param(
-                    "prompt_gate", _init(nn.initializers.zeros_init(), ("layers", "heads")),
-                    (mcfg.num_layers, mcfg.num_heads), jnp.float32,
-                )
-
-    def refine_tokens(self, z: jax.Array, slots: Mapping[str, jax.Array], deterministic: bool) -> jax.Array:
-        """CPR(z) + I_st for context and future tokens. z [B, N, S, d] -> [B, N, S, d] float32."""
-        acfg = self.adapter_config
-        z = z.astype(jnp.float32)
-        if acfg.use_cpr:
-            z = self.cpr(z, deterministic)
-        if acfg.use_st_metadata:
-            z = z + self.st_context(slots, z.shape[0], z.shape[2])
-        return z
-
-    def prompt_tokens(self) -> jax.Array:
-        """[n_tok, d] prompt tokens."""
-        return self.prompts()
-
-    def prompt_gates(self) -> jax.Array:
-        """[num_layers, num_heads] zero-init gates of the prompt attention branch."""
-        return self.prompt_gate
 
 
 # --------------------------------------------------------------------------- the adapted model
@@ -573,7 +276,7 @@ def check_adapter_inputs(
     return num_future
 
 
-# --------------------------------------------------------------------------- parameters
+# --------------------------------------------------------------------------- compiled init and forecast
 
 
 def init_adapter_params(
@@ -652,77 +355,3 @@ def adapter_predict(
     return jitted_adapter_apply(model_config, adapter_config)(
         unbox(params), jnp.asarray(values, jnp.float32), context_calendar, future_calendar, int(horizon)
     )
-
-
-def _path_str(path: tuple[str, ...]) -> str:
-    return "/".join(path)
-
-
-def graft_stage1_params(stage2_params: Params, stage1_params: Params) -> Params:
-    """Copies every stage-1 leaf (token_embed, reg_token, stack, head) into a stage-2 tree.
-
-    Boxes (nn.LogicallyPartitioned) of `stage2_params` are kept; stage-1 params may be boxed or
-    plain. The adapter subtree is untouched. Pure: returns a new tree.
-
-    Raises:
-      ValueError: stage-1 top-level keys are not exactly the four above, a stage-1 path is missing
-        in the stage-2 tree, or a leaf's shape differs (the message names the first such path, e.g.
-        a checkpoint of another model size).
-    """
-    source = unbox(stage1_params)
-    if not isinstance(source, Mapping) or set(source) != set(STAGE1_KEYS):
-        keys = sorted(source) if isinstance(source, Mapping) else type(source).__name__
-        raise ValueError(
-            f"graft_stage1_params: stage-1 params must have exactly the keys {list(STAGE1_KEYS)}, got {keys}"
-        )
-    if not isinstance(stage2_params, Mapping):
-        raise ValueError(f"graft_stage1_params: stage-2 params must be a dict, got {type(stage2_params).__name__}")
-
-    def graft(target: Any, src: Any, path: tuple[str, ...]) -> Any:
-        if isinstance(src, Mapping):
-            if not isinstance(target, Mapping):
-                raise ValueError(
-                    f"graft_stage1_params: {_path_str(path)} is a subtree in stage 1 but a leaf in stage 2"
-                )
-            for key in src:
-                if key not in target:
-                    raise ValueError(
-                        f"graft_stage1_params: stage-1 path {_path_str(path + (key,))} has no stage-2 counterpart"
-                    )
-            return {key: graft(target[key], src[key], path + (key,)) if key in src else target[key] for key in target}
-        if isinstance(target, Mapping):
-            raise ValueError(f"graft_stage1_params: {_path_str(path)} is a leaf in stage 1 but a subtree in stage 2")
-        boxed = isinstance(target, nn.meta.AxisMetadata)
-        target_value = target.unbox(apply_constraint=False) if boxed else target
-        if tuple(np.shape(src)) != tuple(target_value.shape):
-            raise ValueError(
-                f"graft_stage1_params: shape mismatch at {_path_str(path)}: stage-1 {tuple(np.shape(src))} vs "
-                f"stage-2 {tuple(target_value.shape)} (is the checkpoint of another model size?)"
-            )
-        value = jnp.asarray(src, dtype=target_value.dtype)
-        return target.replace_boxed(value) if boxed else value
-
-    grafted = dict(stage2_params)
-    for key in STAGE1_KEYS:
-        if key not in stage2_params:
-            raise ValueError(f"graft_stage1_params: stage-2 params lack the stage-1 subtree {key!r}")
-        grafted[key] = graft(stage2_params[key], source[key], (key,))
-    return grafted
-
-
-def trainable_mask(params: Params, trainable: str) -> Params:
-    """Bool pytree (same structure as `params`, boxed or plain) of the leaves to train.
-
-    "adapter": only the adapter subtree; "adapter+head": adapter and quantile head; "all": every leaf.
-    """
-    if trainable not in TRAINABLE_CHOICES:
-        raise ValueError(f"trainable must be one of {TRAINABLE_CHOICES}, got {trainable!r}")
-    if not isinstance(params, Mapping) or ADAPTER_KEY not in params:
-        keys = sorted(params) if isinstance(params, Mapping) else type(params).__name__
-        raise ValueError(f"trainable_mask: params have no {ADAPTER_KEY!r} subtree (top-level keys {keys})")
-    selected = {"adapter": {ADAPTER_KEY}, "adapter+head": {ADAPTER_KEY, "head"}, "all": set(params)}[trainable]
-
-    def is_trainable(path, _leaf) -> bool:
-        return path[0].key in selected
-
-    return jax.tree_util.tree_map_with_path(is_trainable, params)

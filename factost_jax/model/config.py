@@ -15,7 +15,7 @@ DEFAULT_QUANTILE_LEVELS: tuple[float, ...] = (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6
 # Levels at which quantile "paths" are appended to the context during long-horizon rollout (§2.6).
 DEFAULT_ROLLOUT_LEVELS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 COMPUTE_DTYPES: tuple[str, ...] = ("float32", "bfloat16")
-# Stage 2: which weights adaptation trains (model/adapter.py::trainable_mask). The default was picked by
+# Stage 2: which weights adaptation trains (model/adapter_params.py::trainable_mask). The default was picked by
 # validation MAE on HZMETRO and LOS-LOOP (docs/results.md, "Stage-2 defaults and why").
 TRAINABLE_CHOICES: tuple[str, ...] = ("adapter", "adapter+head", "all")
 DEFAULT_TRAINABLE = "all"
