@@ -179,6 +179,32 @@ def trained_output_patches(metadata: Mapping[str, Any]) -> tuple[int, ...] | Non
     return None if value is None else tuple(sorted(int(f) for f in value))
 
 
+def trained_context(metadata: Mapping[str, Any]) -> int | None:
+    """The longest context (steps) a checkpoint of either stage was trained on; None when unrecorded.
+
+    The pretraining context length, or a stage-2 run's longer `input_len` (adapting with
+    `allow_longer_context` trains the whole model on it).
+    """
+    pretrained = trained_context_length(metadata)
+    run_config = metadata.get("run_config")
+    data = run_config.get("data") if isinstance(run_config, Mapping) and metadata.get("stage") == "adapt" else None
+    adapted = data.get("input_len") if isinstance(data, Mapping) else None
+    if pretrained is None or not isinstance(adapted, int):
+        return pretrained
+    return max(pretrained, adapted)
+
+
+def adapter_config_values(metadata: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The AdapterConfig fields of a stage-2 checkpoint: metadata["adapter_config"], else the adapt
+    loop's run config (metadata["run_config"]["adapter"]); None when it records neither."""
+    if isinstance(metadata.get("adapter_config"), Mapping):
+        return metadata["adapter_config"]
+    run_config = metadata.get("run_config")
+    if isinstance(run_config, Mapping) and isinstance(run_config.get("adapter"), Mapping):
+        return run_config["adapter"]
+    return None
+
+
 # Fields of the stage-1 data config every derived checkpoint keeps as `pretrain_<field>`: what the
 # encoder was trained on (inference stays within it) and what its corpus held (leakage guards).
 INHERITED_DATA_FIELDS = ("context_length", "output_patch_buckets", "corpora", "exclude")

@@ -30,7 +30,9 @@ metadata, else the architecture's maximum); `Forecaster.load(..., max_context=N)
 asks for an output length pretraining drew (`round_output_patches`, `model/rollout.py`).
 
 Input checks live in `inputs/series.py` (arrays) and `inputs/timestamps.py` (pandas time axes);
-checkpoint names resolve through `checkpoint.resolve_checkpoint_path`.
+checkpoint names resolve through `checkpoint.resolve_checkpoint_path`. Long frames are read and
+written by `series_frames.py` (stage 1) and `network_frames.py` (stage 2); a stage-2 model's windows
+reach its adapter through `network_inputs.py`.
 """
 
 from __future__ import annotations
@@ -48,23 +50,24 @@ import pandas as pd
 import tqdm
 
 from factost_jax import checkpoint as ckpt_io
-from factost_jax.checkpoint import resolve_checkpoint_path
-from factost_jax.data.input_scale import InputScale, recorded_input_scale, to_metric_scale, to_model_scale
+from factost_jax.checkpoint import resolve_checkpoint_path, trained_context
+from factost_jax.data.input_scale import to_metric_scale, to_model_scale
 from factost_jax.inputs.context_limit import check_max_context, default_max_context
 from factost_jax.inputs.series import (check_horizon, check_levels, check_observed, positive_int, rows_per_call,
                                        series_matrix, standardise, to_float_series, trained_index)
 from factost_jax.inputs.timestamps import (calendar, calendar_steps_per_day, check_timestamps, future_timestamps,
-                                           infer_step, regular_grid)
+                                           infer_step)
 from factost_jax.model import rollout
+from factost_jax.model.adapter_params import ADAPTER_KEY
 from factost_jax.model.config import ModelConfig
 from factost_jax.model.quantiles import point_and_quantiles
 from factost_jax.model.encoder import Params, jitted_apply, unbox
+from factost_jax.series_frames import level_column, read_series_frame, series_forecast_frame
 
 __all__ = ["DEFAULT_QUANTILES", "Forecaster", "QuantileForecast", "resolve_checkpoint_path", "level_column"]
 
 DEFAULT_QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 DEFAULT_BATCH_SIZE = 256
-ADAPTER_KEY = "adapter"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -81,47 +84,6 @@ class QuantileForecast:
     quantiles: np.ndarray
     quantile_levels: np.ndarray
 
-
-def level_column(level: float) -> str:
-    """The DataFrame column name of a quantile level: 0.1 -> "0.1", 0.05 -> "0.05"."""
-    return np.format_float_positional(float(level), trim="-")
-
-
-
-
-def _adapter_config_dict(metadata: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The AdapterConfig fields of a stage-2 checkpoint: metadata["adapter_config"], else the adapt
-    loop's run config (metadata["run_config"]["adapter"])."""
-    if isinstance(metadata.get("adapter_config"), Mapping):
-        return metadata["adapter_config"]
-    run_config = metadata.get("run_config")
-    if isinstance(run_config, Mapping) and isinstance(run_config.get("adapter"), Mapping):
-        return run_config["adapter"]
-    return None
-
-
-def trained_context(metadata: Mapping[str, Any]) -> int | None:
-    """The longest context (steps) a checkpoint was trained on; None when unrecorded.
-
-    The pretraining context length, or a stage-2 run's longer `input_len` (adapting with
-    `allow_longer_context` trains the whole model on it).
-    """
-    pretrained = ckpt_io.trained_context_length(metadata)
-    run_config = metadata.get("run_config")
-    data = run_config.get("data") if isinstance(run_config, Mapping) and metadata.get("stage") == "adapt" else None
-    adapted = data.get("input_len") if isinstance(data, Mapping) else None
-    if pretrained is None or not isinstance(adapted, int):
-        return pretrained
-    return max(pretrained, adapted)
-
-
-def _window_scale(values: np.ndarray) -> InputScale:
-    """[B, T, N] -> the InputScale of each (window, node) (mean, std [B, 1, N]), for a stage-2
-    checkpoint that records no input scale."""
-    batch, length, nodes = values.shape
-    flat = np.swapaxes(values, 1, 2).reshape(batch * nodes, length)
-    _, loc, scale = standardise(np.where(np.isfinite(flat), flat, np.nan))
-    return InputScale(mean=loc.reshape(batch, 1, nodes), std=scale.reshape(batch, 1, nodes))
 
 # --------------------------------------------------------------------------- the forecaster
 
@@ -200,7 +162,7 @@ class Forecaster:
         step_dir, metadata, config, params = ckpt_io.load_latest_readable(resolved)
         adapter_config = None
         if ADAPTER_KEY in params:
-            adapter_values = _adapter_config_dict(metadata)
+            adapter_values = ckpt_io.adapter_config_values(metadata)
             if adapter_values is None:
                 raise ValueError(f"checkpoint {step_dir} holds adapter weights but its metadata has neither "
                                  "'adapter_config' nor run_config.adapter")
@@ -446,50 +408,18 @@ class Forecaster:
           `timestamp_column`), "median" and one column per level named like "0.1"; `horizon` rows
           per series, in the order the ids first appear.
         """
+        horizon = check_horizon(horizon)
+        levels = check_levels(quantiles)
         if self.stage == 2:  # the whole network jointly (factost_jax/network_frames.py)
             from factost_jax.network_frames import forecast_network_df
 
-            return forecast_network_df(self, df, id_column, timestamp_column, target, check_horizon(horizon),
-                                       check_levels(quantiles))
-        if not isinstance(df, pd.DataFrame):
-            raise ValueError(f"df must be a pandas DataFrame, got {type(df).__name__}")
-        missing = [c for c in (id_column, timestamp_column, target) if c not in df.columns]
-        if missing:
-            raise ValueError(f"df is missing columns {missing}; it has {list(df.columns)} "
-                             f"(set id_column / timestamp_column / target to name yours)")
-        if len(df) == 0:
-            raise ValueError("df has no rows")
-        horizon = check_horizon(horizon)
-        levels = check_levels(quantiles)
-        if df[id_column].isna().any():
-            raise ValueError(f"df column {id_column!r} has missing ids")
-        ids, series, futures = [], [], []
-        for series_id, group in df.groupby(id_column, sort=False):
-            where = f"series {series_id!r}"
-            stamps = check_timestamps(group[timestamp_column].to_numpy(), where)
-            try:
-                values = pd.to_numeric(group[target], errors="raise").to_numpy(np.float64)
-            except (TypeError, ValueError):
-                raise ValueError(f"{where}: column {target!r} is not numeric") from None
-            freq, step = infer_step(stamps, where)
-            ids.append(series_id)
-            series.append(regular_grid(values, stamps, step))
-            futures.append(future_timestamps(stamps[-1], freq, horizon))
+            return forecast_network_df(self, df, id_column, timestamp_column, target, horizon, levels)
+        ids, series, futures = read_series_frame(df, id_column, timestamp_column, target, horizon)
         matrix = series_matrix(series, self.max_context)
         check_observed(matrix, names=ids)
         result = self.forecast(list(matrix), horizon, quantiles=levels, batch_size=batch_size, progress=progress)
-        frame = pd.DataFrame({
-            id_column: np.repeat(np.asarray(ids, dtype=object), horizon),
-            timestamp_column: futures[0].append(futures[1:]) if len(futures) > 1 else futures[0],
-            "median": result.median.reshape(-1),
-        })
-        for index, level in enumerate(result.quantile_levels):
-            frame[level_column(level)] = result.quantiles[:, :, index].reshape(-1)
-        source_dtype = df[timestamp_column].dtype
-        if isinstance(source_dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(source_dtype):
-            frame[timestamp_column] = frame[timestamp_column].astype(source_dtype)  # the caller's unit and zone
-        frame[id_column] = frame[id_column].astype(df[id_column].dtype)
-        return frame
+        return series_forecast_frame(df, id_column, timestamp_column, ids, futures, result.median, result.quantiles,
+                                     result.quantile_levels)
 
     # ------------------------------------------------------------------ stage 2
     def network_quantiles(self, values: np.ndarray, context_calendar: Mapping[str, np.ndarray],
@@ -502,7 +432,8 @@ class Forecaster:
             "day_of_week": Monday = 0} as [B, T] / [B, H] ints (the data layer's convention).
           steps_per_day: steps in one day of the data (maps time-of-day slots to the adapter's bins).
         """
-        from factost_jax.model.adapter import adapter_predict, calendar_slots
+        from factost_jax.model.adapter import adapter_predict
+        from factost_jax.network_inputs import adapter_calendars, network_input_scale
 
         if self.stage != 2:
             raise ValueError("this checkpoint is stage 1; forecast_network needs a stage-2 (adapted) checkpoint")
@@ -517,28 +448,10 @@ class Forecaster:
         if values.shape[2] != expected_nodes:
             raise ValueError(f"values have {values.shape[2]} nodes but the stage-2 checkpoint was adapted to "
                              f"{expected_nodes} nodes")
-        keep = self.max_context
-        values = values[:, -keep:]
-        context, future = {}, {}
-        for name, cycle in self.adapter_config.calendar_features:
-            if name == "time_of_day":
-                mapping = lambda slots, c=cycle: calendar_slots(np.asarray(slots), steps_per_day, c)  # noqa: E731
-            elif name == "day_of_week":
-                mapping = lambda slots, c=cycle: np.asarray(slots, np.int32) % c  # noqa: E731
-            else:
-                raise ValueError(f"the adapter uses calendar feature {name!r}; forecast_network knows "
-                                 "'time_of_day' and 'day_of_week'")
-            for source, target_dict, length in ((context_calendar, context, None), (future_calendar, future, horizon)):
-                if name not in source:
-                    raise ValueError(f"calendar lacks {name!r}, which the adapter uses")
-                slots = np.asarray(source[name])
-                target_dict[name] = mapping(slots[:, -keep:] if length is None else slots[:, :length])
-        # The input scale the checkpoint was trained and validated with (data/input_scale.py): the
-        # same map as its metrics.json, so this scores alike. Older checkpoints record none: each
-        # (window, node) is standardised instead, which differs where a whole context is missing.
-        scale = recorded_input_scale(self.metadata)
-        if scale is None:
-            scale = _window_scale(values)
+        values = values[:, -self.max_context:]
+        context, future = adapter_calendars(self.adapter_config, context_calendar, future_calendar, horizon,
+                                            self.max_context, steps_per_day)
+        scale = network_input_scale(self.metadata, values)
         out = adapter_predict(self.params, self.config, self.adapter_config, to_model_scale(values, scale),
                               context, future, horizon)  # [B, H, N, Q]
         return point_and_quantiles(to_metric_scale(np.asarray(out), scale, quantile_axis=True),

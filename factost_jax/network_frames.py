@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from factost_jax.data.user_files import FileSourceOptions, frame_panel
+from factost_jax.series_frames import level_column
 
 _MAX_SHOWN = 5
 
@@ -53,8 +54,6 @@ def forecast_network_df(forecaster: Any, df: pd.DataFrame, id_column: str, times
         timestamp_column: np.tile(future.to_numpy(), nodes),
         "median": result.median.T.reshape(-1),  # [H, N] -> sensor-major rows
     })
-    from factost_jax.forecast import level_column
-
     for index, level in enumerate(result.quantile_levels):
         frame[level_column(level)] = result.quantiles[:, :, index].T.reshape(-1)
     try:  # the caller's id type back (ids were compared as strings)

@@ -23,9 +23,11 @@ FLOORS: dict[str, int] = {
     "commands": 7,  # the entry points' mains (factost-pretrain, -adapt, -evaluate, -forecast)
 }
 # Modules that share a room with another: the Hub round trip is the Forecaster's own I/O (each
-# calls the other: Forecaster.from_pretrained -> hub, hub -> Forecaster); fit.py and network_frames.py
-# are Forecaster.fit / save and forecast_network.
-SAME_ROOM: dict[str, str] = {"hub": "forecast", "network_frames": "forecast", "fit": "forecast"}
+# calls the other: Forecaster.from_pretrained -> hub, hub -> Forecaster); fit.py is Forecaster.fit /
+# save, series_frames.py and network_frames.py forecast_df's frames (stage 1, stage 2), network_inputs.py
+# a stage-2 forecast's windows.
+SAME_ROOM: dict[str, str] = {"hub": "forecast", "network_frames": "forecast", "fit": "forecast",
+                             "series_frames": "forecast", "network_inputs": "forecast"}
 
 
 def _room(module: str) -> str:
