@@ -7,8 +7,10 @@ and GLIBC_TUNABLES for each worker before either framework starts.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import statistics
+import subprocess
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -212,3 +214,21 @@ def worker_env(settings: Mapping[str, Any], base_env: Mapping[str, str] | None =
     else:
         env.pop("XLA_FLAGS", None)
     return env
+
+
+# A worker prints its result as one line "RESULT {json}"; everything else it prints is log.
+RESULT_PREFIX = "RESULT "
+
+
+def run_result_worker(command: list[str], env: Mapping[str, str], timeout: float, cwd: Any) -> dict[str, Any]:
+    """Runs a benchmark worker process and returns the JSON of its last RESULT line, or {"error": ...}
+    naming the timeout or the worker's exit code and the tail of its output."""
+    try:
+        done = subprocess.run(command, env=dict(env), capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    except subprocess.TimeoutExpired:
+        return {"error": f"worker exceeded --worker-timeout {timeout:.0f}s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+    return {"error": f"worker exited {done.returncode} without a result: {' | '.join(tail)[:500]}"}

@@ -43,7 +43,6 @@ import math
 import os
 import resource
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,7 +56,6 @@ if str(REPO_ROOT) not in sys.path:
 
 from benchmarks import common  # noqa: E402
 
-RESULT_PREFIX = "RESULT "
 LEVELS = (0.1, 0.5, 0.9)
 METHODS = ("factost", "torch", "autoets", "autotheta")
 STATISTICAL = {"autoets": "AutoETS", "autotheta": "AutoTheta"}
@@ -279,16 +277,7 @@ def run_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     from benchmarks.run import BEST_SETTINGS
 
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    env = common.worker_env(BEST_SETTINGS["infer"])
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
-    except subprocess.TimeoutExpired:
-        return {"error": f"worker exceeded --worker-timeout {timeout:.0f}s"}
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
-    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-    return {"error": f"worker exited {done.returncode} without a result: {' | '.join(tail)[:500]}"}
+    return common.run_result_worker(command, common.worker_env(BEST_SETTINGS["infer"]), timeout, REPO_ROOT)
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -403,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_worker_spec(spec)
         except Exception as error:  # reported in the JSON row, never a crash of the whole run
             result = {"error": f"{type(error).__name__}: {error}".splitlines()[0][:500]}
-        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        print(common.RESULT_PREFIX + json.dumps(result), flush=True)
         return 0
     from benchmarks.run import machine_info
 

@@ -41,7 +41,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import common  # noqa: E402
-from benchmarks.speed import MODEL_FRAMEWORKS, RESULT_PREFIX  # noqa: E402
+from benchmarks.speed import MODEL_FRAMEWORKS  # noqa: E402
 
 SPEED_SCRIPT = Path(__file__).resolve().parent / "speed.py"
 SCALING_SCRIPT = Path(__file__).resolve().parent / "scaling_nodes.py"
@@ -157,15 +157,7 @@ def run_worker(spec: dict[str, Any], settings: dict[str, Any], timeout: float) -
     env = common.worker_env(settings)
     if _INDUCTOR_CACHE["dir"] is not None:
         env["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE["dir"]
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
-    except subprocess.TimeoutExpired:
-        return {"error": f"worker exceeded --worker-timeout {timeout:.0f}s"}
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX) :])
-    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-    return {"error": f"worker exited {done.returncode} without a result: {' | '.join(tail)[:500]}"}
+    return common.run_result_worker(command, env, timeout, REPO_ROOT)
 
 
 def _workload_spec(args: argparse.Namespace, model: str, phase: str, scale: int = 1) -> dict[str, Any]:

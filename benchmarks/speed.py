@@ -50,7 +50,6 @@ from benchmarks import common  # noqa: E402
 
 MODEL_FRAMEWORKS = ("jax", "torch_eager", "torch_compile")
 MATMUL_FRAMEWORKS = ("jax_matmul", "torch_matmul")
-RESULT_PREFIX = "RESULT "
 MATMUL_SIZE = 2048
 ADAMW = {"lr": 1e-3, "weight_decay": 0.01, "clip_norm": 1.0}
 
@@ -531,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # reported to run.py, which records it in the output
         result["error"] = _error_text(err)
         result["traceback"] = traceback.format_exc()[-4000:]
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    print(common.RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
 
 
