@@ -6,7 +6,10 @@ import pathlib
 import shutil
 import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+from launcher_runs import FAST_COMPILE_XLA_FLAG  # imports no jax, which must see XLA_FLAGS first
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + f" --xla_force_host_platform_device_count=8 {FAST_COMPILE_XLA_FLAG}").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent XLA cache for the session: a launcher subprocess (and its rerun, which resumes)
 # then loads the programs an earlier run compiled instead of compiling them again.

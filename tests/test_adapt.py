@@ -229,6 +229,7 @@ def test_short_adaptation_lowers_hzmetro_validation_mae(configs, stage1_ckpt, da
     config = _tiny(configs, stage1_ckpt, variant="hzmetro", steps=40, eval_every=40, checkpoint_every=40, lr=3e-3,
                    patience=0)
     config.data.data_dir = str(data_dir)
+    config.train.val_windows = 256  # the last 256 validation windows, not all ~1,300 (20 s of the test's 70)
     config.trainable = "adapter+head"
     # The random stage-1 head's quantile channels cross, and validation scores the median of the
     # SORTED quantiles (as the Forecaster does): the loss must train every channel, not the median only.

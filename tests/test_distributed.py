@@ -15,6 +15,7 @@ from absl import flags
 
 from factost_jax.train import distributed
 from factost_jax.train import mesh as mesh_lib
+from launcher_runs import FAST_COMPILE_XLA_FLAG
 
 STEPS = 4
 
@@ -36,7 +37,7 @@ def _pretrain_args(workdir, data_dir):
 
 def _env(devices: int) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "TPU_WORKER"))}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE_XLA_FLAG}")
     return env
 
 

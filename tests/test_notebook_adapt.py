@@ -3,6 +3,7 @@
 import nbclient
 import nbformat
 import pytest
+from launcher_runs import FAST_COMPILE_XLA_FLAG
 
 NOTEBOOK = "notebooks/adapt_your_network.ipynb"
 
@@ -18,7 +19,7 @@ def test_notebook_is_stored_clean_with_badge(repo_root):
 def test_notebook_runs_clean(repo_root, monkeypatch):
     notebook = nbformat.read(repo_root / NOTEBOOK, as_version=4)
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setenv("XLA_FLAGS", "")  # one host device, as a user has
+    monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE_XLA_FLAG)  # one host device, as a user has
     client = nbclient.NotebookClient(notebook, timeout=1200, kernel_name="python3",
                                      resources={"metadata": {"path": str(repo_root)}})
     client.execute()  # raises CellExecutionError naming the cell on any error

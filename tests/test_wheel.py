@@ -23,6 +23,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
+from launcher_runs import FAST_COMPILE_XLA_FLAG
 
 pytestmark = pytest.mark.slow
 
@@ -160,7 +161,7 @@ def test_notebook_runs_from_the_installed_wheel(installed, repo_root, data_dir, 
         monkeypatch.setenv(key, env[key])
     monkeypatch.setenv("FACTOST_DATA_DIR", str(data_dir))
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE_XLA_FLAG)
     monkeypatch.delenv("PYTHONPATH", raising=False)
     notebook = nbformat.read(repo_root / "notebooks" / "zero_shot_demo.ipynb", as_version=4)
     notebook.cells.append(nbformat.v4.new_code_cell("import factost_jax; print('package:', factost_jax.__file__)"))
