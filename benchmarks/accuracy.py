@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -110,10 +111,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sweep_settings", default="trainable=adapter,loss=mae+pinball",
                         help=f"comma list of sweep settings besides the default, from "
                              f"{','.join(k for k, v in SWEEP_SETTINGS.items() if v is not None)}")
-    parser.add_argument("--previous", type=pathlib.Path, default=None,
+    parser.add_argument("--previous", type=pathlib.Path, action="append", default=[],
                         help="an --output directory of an earlier checkpoint (e.g. benchmarks/results/accuracy_v1): "
-                             "its FactoST numbers become a column beside the current ones")
-    parser.add_argument("--previous_label", default="v1", help="the column name of --previous")
+                             "its FactoST numbers become a column beside the current ones; repeat it for more, "
+                             "newest first")
+    parser.add_argument("--previous_label", action="append", default=[],
+                        help="the column name of each --previous, in the same order (default for one: v1)")
     parser.add_argument("--checkpoint_rows_only", action="store_true",
                         help="rerun only what depends on the checkpoint: FactoST zero-shot rows (spliced into the "
                              "JSON, whose baseline rows stay) and FactoST few-shot runs; STID and the statistical "
@@ -136,6 +139,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = sorted(set(settings) - {k for k, v in SWEEP_SETTINGS.items() if v is not None})
     if unknown:
         parser.error(f"--sweep_settings: unknown {unknown}")
+    if not args.previous_label and len(args.previous) == 1:
+        args.previous_label = ["v1"]
+    if len(args.previous_label) != len(args.previous):
+        parser.error(f"--previous_label: give one per --previous ({len(args.previous)}), got {len(args.previous_label)}")
+    for root in args.previous:
+        if not root.is_dir():
+            parser.error(f"--previous: {root} is not a directory")
     args.parts, args.sweep_settings = parts, settings
     return args
 
@@ -337,11 +347,10 @@ def refresh_checkpoint_row(job: dict[str, Any]) -> list[str]:
     return []
 
 
-def previous_result(args: argparse.Namespace, job: dict[str, Any]) -> dict[str, Any] | None:
-    """The same job's JSON under --previous (None without it or when absent)."""
-    if args.previous is None:
-        return None
-    return _load(args.previous / job["output"].relative_to(args.output))
+def earlier_columns(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """(label, job -> the same job's JSON under that --previous directory or None) per --previous."""
+    return [(label, lambda job, root=root: _load(root / job["output"].relative_to(args.output)))
+            for root, label in zip(args.previous, args.previous_label)]
 
 
 def _load(path: pathlib.Path) -> dict[str, Any] | None:
@@ -370,11 +379,11 @@ def _best_baseline(base: dict[str, dict[str, Any]], digits: int) -> tuple[float 
     return base[name]["MAE"], f"{_pair(base[name], digits)} ({BASELINE_LABELS[name]})"
 
 
-def zero_shot_table(jobs: list[dict[str, Any]], previous: Any = None, label: str = "") -> tuple[list[str], int, int]:
+def zero_shot_table(jobs: list[dict[str, Any]], earlier: Sequence[tuple[str, Any]] = ()) -> tuple[list[str], int, int]:
     """Markdown lines, number of sets where FactoST beats the best baseline, number of sets.
 
-    `previous(job)` (optional) gives an earlier checkpoint's result of the job, shown as column `label`."""
-    extra = [f"FactoST {label} zero-shot"] if previous else []
+    `earlier`: (label, job -> an earlier checkpoint's result of the job) per extra column."""
+    extra = [f"FactoST {label} zero-shot" for label, _ in earlier]
     lines = ["| dataset | L->H | FactoST zero-shot | " + "".join(f"{e} | " for e in extra) + "best baseline | last value | "
              "seasonal naive (day) | seasonal naive (week) | historical average | beats best? |",
              "|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra)]
@@ -391,28 +400,26 @@ def zero_shot_table(jobs: list[dict[str, Any]], previous: Any = None, label: str
         total += 1
         cells = [_pair(base.get(name), digits) if name in base else "n/a" for name in BASELINE_LABELS]
         verdict = "**yes**" if beats else "no"
-        earlier = _previous_cells(previous, job, digits)
-        lines.append(f"| {job['dataset']} | {job['input_len']}->{job['horizon']} | **{_pair(ours, digits)}** | {earlier}"
+        lines.append(f"| {job['dataset']} | {job['input_len']}->{job['horizon']} | **{_pair(ours, digits)}** | "
+                     f"{_earlier_cells(earlier, job, digits)}"
                      f"{best} | " + " | ".join(cells) + f" | {verdict} |")
     return lines, wins, total
 
 
-def _previous_cells(previous: Any, job: dict[str, Any], digits: int) -> str:
-    """The "MAE / RMSE | " cell of an earlier checkpoint ("" without --previous, "–" when not measured)."""
-    if not previous:
-        return ""
-    result = previous(job)
-    return f"{_pair(result['metrics']['avg'], digits) if result else '–'} | "
+def _earlier_cells(earlier: Sequence[tuple[str, Any]], job: dict[str, Any] | None, digits: int) -> str:
+    """The "MAE / RMSE | " cells of the earlier checkpoints ("–" where one was not measured)."""
+    results = [load(job) if job is not None else None for _, load in earlier]
+    return "".join(f"{_pair(result['metrics']['avg'], digits) if result else '–'} | " for result in results)
 
 
 def _statistical_of(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {r["model"]: r for r in result.get("results", []) if r["model"] in STATISTICAL_LABELS}
 
 
-def statistical_table(jobs: list[dict[str, Any]], previous: Any = None, label: str = "") -> tuple[list[str], list[str]]:
+def statistical_table(jobs: list[dict[str, Any]], earlier: Sequence[tuple[str, Any]] = ()) -> tuple[list[str], list[str]]:
     """(markdown lines, notes on fallbacks) of FactoST against the naive and statistical baselines,
-    each row on one set of strided windows (`previous`, `label`: as `zero_shot_table`)."""
-    extra = [f"FactoST {label}"] if previous else []
+    each row on one set of strided windows (`earlier`: as `zero_shot_table`)."""
+    extra = [f"FactoST {label}" for label, _ in earlier]
     lines = ["| dataset | L->H | test windows scored | FactoST zero-shot | " + "".join(f"{e} | " for e in extra)
              + "best naive baseline | AutoETS | AutoTheta | season length (AutoETS · AutoTheta) | beats every baseline? |",
              "|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra)]
@@ -432,7 +439,7 @@ def statistical_table(jobs: list[dict[str, Any]], previous: Any = None, label: s
         seasons = " · ".join(str(fitted[name]["fit_report"]["season_length"]) if name in fitted else "–"
                              for name in STATISTICAL_LABELS)
         lines.append(f"| {job['dataset']} | {job['input_len']}->{job['horizon']} | {windows} | **{_pair(ours, digits)}** | "
-                     f"{_previous_cells(previous, job, digits)}{best_naive} | " + " | ".join(cells)
+                     f"{_earlier_cells(earlier, job, digits)}{best_naive} | " + " | ".join(cells)
                      + f" | {seasons} | {'**yes**' if beats else 'no'} |")
         for name, entry in fitted.items():
             report = entry["fit_report"]
@@ -443,10 +450,10 @@ def statistical_table(jobs: list[dict[str, Any]], previous: Any = None, label: s
     return lines, notes
 
 
-def few_shot_table(jobs: list[dict[str, Any]], zero_jobs: list[dict[str, Any]], previous: Any = None,
-                   label: str = "") -> list[str]:
+def few_shot_table(jobs: list[dict[str, Any]], zero_jobs: list[dict[str, Any]],
+                   earlier: Sequence[tuple[str, Any]] = ()) -> list[str]:
     zero = {j["dataset"]: _load(j["output"]) for j in zero_jobs}
-    extra = [f"FactoST {label} few-shot"] if previous else []
+    extra = [f"FactoST {label} few-shot" for label, _ in earlier]
     lines = ["| dataset | L->H | FactoST few-shot (10 %) | " + "".join(f"{e} | " for e in extra) + "FactoST zero-shot | "
              "STID few-shot (10 %) | STID full-shot (100 %) | best baseline | "
              "steps run (best step) FactoST · STID 10 % · STID 100 % |",
@@ -478,8 +485,8 @@ def few_shot_table(jobs: list[dict[str, Any]], zero_jobs: list[dict[str, Any]], 
             info = result["adaptation"]
             return f"{info['steps_run']} ({info['best_step']})"
 
-        earlier = _previous_cells(previous, factost_jobs[variant], digits) if variant in factost_jobs and previous else ""
-        lines.append(f"| {dataset} | {some['input_len']}->{some['horizon']} | **{cell('factost_few')}** | {earlier}{zero_cell} | "
+        before = _earlier_cells(earlier, factost_jobs.get(variant), digits)
+        lines.append(f"| {dataset} | {some['input_len']}->{some['horizon']} | **{cell('factost_few')}** | {before}{zero_cell} | "
                      f"{cell('stid_few')} | {cell('stid_full')} | {best} | "
                      f"{steps('factost_few')} · {steps('stid_few')} · {steps('stid_full')} |")
     return lines
@@ -515,23 +522,23 @@ def render(args: argparse.Namespace, zero_jobs, few_jobs, sweep, present: set[st
     except (FileNotFoundError, ValueError):
         pass
     corpus = ", ".join(checkpoint_metadata.get("corpus", [])) or "unknown"
-    previous = (lambda job: previous_result(args, job)) if args.previous else None
+    earlier = earlier_columns(args)
     out = [BEGIN_MARKER, "",
            f"Checkpoint `{args.checkpoint}` (step {checkpoint_metadata.get('step', '?')}; pretraining corpus: {corpus}). "
            "Test split, average over the horizon, MAE / RMSE; sensor sets in original units, ETTh2 / WEATHER on "
            "the normalised scale (docs/baselines.md). Regenerate with `python benchmarks/accuracy.py` "
            f"(JSON: `{_shown(args.output)}`)."
-           + (f" Column {args.previous_label}: the same commands with the earlier checkpoint (JSON: "
-              f"`{_shown(args.previous)}`)." if args.previous else ""),
+           + "".join(f" Column {label}: the same commands with an earlier checkpoint (JSON: `{_shown(root)}`)."
+                     for root, label in zip(args.previous, args.previous_label)),
            ""]
     if zero_jobs:
-        table, wins, total = zero_shot_table(zero_jobs, previous, args.previous_label)
+        table, wins, total = zero_shot_table(zero_jobs, earlier)
         out += ["### Zero-shot", ""] + table + [""]
         out.append(f"FactoST zero-shot beats the best baseline on **{wins} of {total}** sets measured. "
                    + "".join(f"Paper zero-shot {d}: {v} MAE. " for d, v in PAPER_ZERO_SHOT.items()))
         out += ["", "Commands:", ""] + commands_block(zero_jobs) + [""]
     if stat_jobs:
-        table, notes = statistical_table(stat_jobs, previous, args.previous_label)
+        table, notes = statistical_table(stat_jobs, earlier)
         out += ["### Zero-shot against the statistical baselines", "",
                 "AutoETS and AutoTheta (statsforecast, `pip install -e '.[baselines]'`) fit one model per window and "
                 "node on the same L input steps the model sees; season length: the longest natural period (week, "
@@ -544,7 +551,7 @@ def render(args: argparse.Namespace, zero_jobs, few_jobs, sweep, present: set[st
         out += ["Commands:", ""] + commands_block(stat_jobs) + [""]
     if few_jobs:
         out += ["### Few-shot (10 % of the train windows) against STID and the baselines", ""]
-        out += few_shot_table(few_jobs, zero_jobs, previous, args.previous_label) + [""]
+        out += few_shot_table(few_jobs, zero_jobs, earlier) + [""]
         out += ["Commands (each writes `WORKDIR/metrics.json`):", ""] + commands_block(few_jobs) + [""]
     if sweep:
         out += ["### Stage-2 options chosen by validation", "",

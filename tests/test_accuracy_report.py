@@ -119,3 +119,29 @@ def test_statistical_rows_share_strided_windows(accuracy, tmp_path):
     assert row.endswith("| no |")  # AutoTheta is better
     assert notes == ["ETTh2 AutoETS: 3 of 100 series forecast by their last value (too few observed steps or a "
                      "non-finite fit), 0 with nothing observed."]
+
+
+def test_earlier_checkpoints_become_columns_newest_first(accuracy, tmp_path, capsys):
+    earlier = {label: tmp_path / f"accuracy_{label}" for label in ("v2", "v1")}
+    argv = ["--output", str(tmp_path / "accuracy")]
+    for label, root in earlier.items():
+        root.mkdir()
+        argv += ["--previous", str(root), "--previous_label", label]
+    args = accuracy.parse_args(argv)
+    job = accuracy.zero_shot_jobs(args, {"LOS-LOOP"})[0]
+    job["output"].parent.mkdir(parents=True)
+    job["output"].write_text(json.dumps(_zero_shot_result((4.0, 8.0), {"last_value": (4.41, 8.42)})))
+    v2 = earlier["v2"] / job["output"].relative_to(args.output)  # v1 has no result: its cell is "–"
+    v2.parent.mkdir(parents=True)
+    v2.write_text(json.dumps(_zero_shot_result((4.9, 9.1), {"last_value": (4.41, 8.42)})))
+    lines, _, _ = accuracy.zero_shot_table([job], accuracy.earlier_columns(args))
+    assert lines[0].startswith("| dataset | L->H | FactoST zero-shot | FactoST v2 zero-shot | FactoST v1 zero-shot | ")
+    assert lines[2].startswith("| LOS-LOOP | 12->12 | **4.00 / 8.00** | 4.90 / 9.10 | – | 4.41 / 8.42 (last value) |")
+    assert len(lines[1].split("|")) == len(lines[0].split("|")) == len(lines[2].split("|"))
+
+    assert accuracy.parse_args(["--previous", str(earlier["v1"])]).previous_label == ["v1"]  # one: "v1" by default
+    for bad, message in ((["--previous", str(earlier["v1"]), "--previous", str(earlier["v2"])], "one per --previous"),
+                         (["--previous", str(tmp_path / "missing")], "is not a directory")):
+        with pytest.raises(SystemExit):
+            accuracy.parse_args(bad)
+        assert message in capsys.readouterr().err
