@@ -228,7 +228,7 @@ def test_adapter_config_validation_and_round_trip():
     ):
         with pytest.raises(ValueError, match=match):
             AdapterConfig(**bad)
-    with pytest.raises(ValueError, match=r"unknown keys \['nodes'\]"):
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['nodes'\]"):
         AdapterConfig.from_dict({"nodes": 3})
     with pytest.raises(ValueError, match="missing required key 'num_nodes'"):
         AdapterConfig.from_dict({})

@@ -12,6 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "factost_jax"
 # room on a LOWER floor; rooms on the same floor know nothing of each other.
 FLOORS: dict[str, int] = {
     "trees": 0,  # pytree helpers: the basement
+    "fields": 0,  # dataclass configs from user mappings: the basement
     "model": 1, "data": 1, "metrics": 1, "inputs": 1,
     "checkpoint": 2, "scoring": 2,
     "train": 3,

@@ -48,7 +48,7 @@ def test_config_json_round_trip(debug_config):
 
 def test_config_rejects_unknown_and_missing_keys(debug_config):
     values = debug_config.to_dict() | {"d_modle": 3, "zzz": 1}
-    with pytest.raises(ValueError, match=r"unknown keys \['d_modle', 'zzz'\]"):
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['d_modle', 'zzz'\]"):
         ModelConfig.from_dict(values)
     values = debug_config.to_dict()
     del values["num_heads"]

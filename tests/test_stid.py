@@ -81,7 +81,7 @@ def test_bad_inputs_and_config_raise():
         STIDConfig(num_nodes=0).validate()
     with pytest.raises(ValueError, match="STIDConfig.dropout"):
         STIDConfig(num_nodes=3, dropout=1.5).validate()
-    with pytest.raises(ValueError, match="unknown keys \\['hidden'\\]"):
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['hidden'\]"):
         STIDConfig.from_dict({"num_nodes": 3, "hidden": 4})
     assert STIDConfig.from_dict(CFG.to_dict()) == CFG
 

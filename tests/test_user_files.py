@@ -231,7 +231,7 @@ def test_bad_adjacency_and_options(tmp_path):
     _one_line_error(data, {"adjacency": str(tmp_path / "adj.npy")}, "shape (3, 3) but the data has N=2 sensors")
     with pytest.raises(ValueError, match="split_ratios must be 3 positive fractions summing to 1"):
         FileSourceOptions(split_ratios=(0.5, 0.5, 0.5))
-    with pytest.raises(ValueError, match=r"unknown file-dataset option\(s\) \['colour'\]"):
+    with pytest.raises(ValueError, match=r"file-dataset options: unknown field\(s\) \['colour'\]"):
         FileSourceOptions.from_mapping({"colour": "red"})
 
 

@@ -44,6 +44,7 @@ import pandas as pd
 
 from factost_jax.data import graph
 from factost_jax.data.types import SPLITS, STDataset
+from factost_jax.fields import field_names, reject_unknown_fields
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 FILE_SUFFIXES = TABLE_SUFFIXES + (".npz",)
@@ -108,10 +109,7 @@ class FileSourceOptions:
     def from_mapping(cls, values: Mapping[str, Any] | None) -> FileSourceOptions:
         """Options from a mapping; None values keep the defaults, unknown keys are an error."""
         values = {k: v for k, v in dict(values or {}).items() if v is not None}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown file-dataset option(s) {unknown}; known: {sorted(known)}")
+        reject_unknown_fields(values, field_names(cls), "file-dataset options")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

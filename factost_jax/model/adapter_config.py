@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from factost_jax.fields import field_names, reject_unknown_fields
+
 PROMPT_ATTENTION_CHOICES: tuple[str, ...] = ("zero_gated", "joint")
 
 
@@ -117,10 +119,7 @@ class AdapterConfig:
         """Builds a validated config; unknown or missing required keys raise ValueError naming them."""
         if not isinstance(values, Mapping):
             raise ValueError(f"AdapterConfig.from_dict expects a dict, got {type(values).__name__}")
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"AdapterConfig got unknown keys {unknown}; known keys are {sorted(known)}")
+        reject_unknown_fields(values, field_names(cls), "AdapterConfig")
         if "num_nodes" not in values:
             raise ValueError("AdapterConfig is missing required key 'num_nodes'")
         return cls(**values)

@@ -11,6 +11,8 @@ import dataclasses
 import math
 from typing import Any
 
+from factost_jax.fields import field_names, reject_unknown_fields
+
 DEFAULT_QUANTILE_LEVELS: tuple[float, ...] = (0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99)
 # Levels at which quantile "paths" are appended to the context during long-horizon rollout (§2.6).
 DEFAULT_ROLLOUT_LEVELS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -147,10 +149,7 @@ class ModelConfig:
         """Builds a validated config; unknown or missing required keys raise ValueError naming them."""
         if not isinstance(values, dict):
             raise ValueError(f"ModelConfig.from_dict expects a dict, got {type(values).__name__}")
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"ModelConfig got unknown keys {unknown}; known keys are {sorted(known)}")
+        reject_unknown_fields(values, field_names(cls), "ModelConfig")
         required = [
             field.name
             for field in dataclasses.fields(cls)

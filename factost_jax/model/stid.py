@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from factost_jax.fields import reject_unknown_fields
+
 _STID_FIELDS = ("num_nodes", "input_len", "horizon", "steps_per_day", "series_embed_dim", "node_embed_dim",
                 "tod_embed_dim", "dow_embed_dim", "num_layers", "dropout")
 
@@ -76,9 +78,7 @@ class STIDConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "STIDConfig":
-        unknown = sorted(set(values) - set(_STID_FIELDS))
-        if unknown:
-            raise ValueError(f"STIDConfig.from_dict: unknown keys {unknown}; expected a subset of {list(_STID_FIELDS)}")
+        reject_unknown_fields(values, _STID_FIELDS, "STIDConfig")
         return cls(**values).validate()
 
 

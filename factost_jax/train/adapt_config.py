@@ -19,6 +19,7 @@ import numpy as np
 from factost_jax import checkpoint as ckpt_io
 from factost_jax.data.st_pipeline import STDataConfig, load_st_dataset
 from factost_jax.data.types import STDataset
+from factost_jax.fields import field_names, reject_unknown_fields
 from factost_jax.model.config import DEFAULT_TRAINABLE, TRAINABLE_CHOICES, ModelConfig, model_config
 from factost_jax.train import mesh as mesh_lib
 from factost_jax.train.adapt_guards import check_context_length, check_overlap
@@ -122,10 +123,7 @@ def _section(config: Any, name: str) -> dict[str, Any]:
 
 
 def _build(cls: Any, values: dict[str, Any], section: str) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{section}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+    reject_unknown_fields(values, field_names(cls), section)
     try:
         return cls(**values)
     except (TypeError, ValueError) as err:
@@ -262,10 +260,7 @@ def validate_adapt_config(config: Any, dataset: STDataset | None = None) -> Adap
     except ValueError as err:
         raise ValueError(str(err)) from None
     mesh_values = _section(config, "mesh")
-    known_mesh = {f.name for f in dataclasses.fields(AdaptMeshConfig)}
-    if set(mesh_values) - known_mesh:
-        raise ValueError(f"mesh: unknown field(s) {sorted(set(mesh_values) - known_mesh)}; known fields are "
-                         f"{sorted(known_mesh)}")
+    reject_unknown_fields(mesh_values, field_names(AdaptMeshConfig), "mesh")
     shape = mesh_values.get("shape", "-1,1,1")
     mesh_lib.parse_mesh_shape(shape)
     nodes_axis = mesh_values.get("nodes_axis")

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from factost_jax.fields import field_names, reject_unknown_fields
 from factost_jax.train.optim import DECAY_SHAPES
 
 AUTO_DTYPE = "auto"  # compute_dtype "auto": bfloat16 on GPU/TPU, float32 on CPU
@@ -86,10 +87,7 @@ class TrainConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> TrainConfig:
         """From a dict / ConfigDict; unknown keys are an error that names them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"train: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        reject_unknown_fields(values, field_names(cls), "train")
         return cls(**dict(values)).validate()
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from factost_jax import checkpoint as ckpt_io
 from factost_jax.data.pretrain_config import PretrainDataConfig
+from factost_jax.fields import field_names, reject_unknown_fields
 from factost_jax.model.config import ModelConfig, model_config
 from factost_jax.train import mesh as mesh_lib
 from factost_jax.train.config import AUTO_DTYPE, MeshConfig, TrainConfig, resolve_compute_dtype  # noqa: F401
@@ -76,10 +77,7 @@ def _model_section(values: dict[str, Any]) -> tuple[str, ModelConfig]:
 
 
 def _data_section(values: dict[str, Any]) -> PretrainDataConfig:
-    known = {f.name for f in dataclasses.fields(PretrainDataConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"data: unknown field(s) {unknown}; known fields are {sorted(known)}")
+    reject_unknown_fields(values, field_names(PretrainDataConfig), "data")
     if values.get("exclude") is None:
         values.pop("exclude", None)  # None = the default evaluation-set exclusion list
     try:
@@ -117,8 +115,7 @@ def validate_pretrain_config(config: Any) -> PretrainRunConfig:
     mesh_values = _as_dict(config.get("mesh"), "mesh")
     shape = mesh_values.get("shape", "-1,1,1")
     mesh_lib.parse_mesh_shape(shape)
-    if set(mesh_values) - {"shape"}:
-        raise ValueError(f"mesh: unknown field(s) {sorted(set(mesh_values) - {'shape'})}; known fields are ['shape']")
+    reject_unknown_fields(mesh_values, {"shape"}, "mesh")
     _check_model_fits_data(model, data)
     if train.eval_windows < data.batch_size:
         raise ValueError(f"train.eval_windows ({train.eval_windows}) must be at least data.batch_size ({data.batch_size})")
