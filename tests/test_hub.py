@@ -127,7 +127,7 @@ def test_model_card_states_sizes_corpus_and_license(shipped, tmp_path):
     assert "| parameters | 4,378,928 |" in card and "| d_model / FFN / layers / heads | 256 / 1024 / 3 / 4 |" in card
     assert "kernelsynth, seasonal, ETTh1, ETTm1, EXCHANGE_RATE, ILLNESS, M4:hourly, M4:weekly, MONTEVIDEO_BUS, " \
         "NYCBIKE1." in card
-    assert "| weights dtype | bfloat16 |" in card and "| training step | 1600 |" in card
+    assert "| weights dtype | bfloat16 |" in card and "| training step | 2000 |" in card
     assert "| pretrained on contexts up to | 2048 steps (forecasts use at most this by default) |" in card
 
 
